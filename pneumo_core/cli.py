@@ -1,0 +1,207 @@
+"""python -m pneumo_core {predict,evaluate,train,explain,calibrate} — the app's features, scriptable.
+
+Exit codes: 0 success (for predict: every file got a record), 1 no model could
+be loaded (or the job failed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ModelLoadError, PneumoError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _err(msg: str) -> None:
+    print(f"pneumo_core: {msg}", file=sys.stderr)
+
+
+def _predictor(model: str | None):
+    from .predict import Predictor
+    from .registry import active_model_dir
+
+    return Predictor.from_dir(Path(model) if model else active_model_dir())
+
+
+def _expand(paths: Sequence[str]) -> list[Path]:
+    """Files as given; folders expand to the files inside them (sorted, recursive, hidden ones skipped)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(f for f in sorted(p.rglob("*")) if f.is_file() and not any(
+                part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_files
+
+    predictor = _predictor(args.model)
+    try:
+        predictor.threshold(args.operating_point)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    for rec in predict_files(predictor, _expand(args.files), args.operating_point,
+                             allow_rejected=args.analyse_anyway):
+        if args.json:
+            print(json.dumps(rec.to_json()), flush=True)
+        else:
+            prob = f"{rec.probability:.3f}" if rec.probability is not None else "  -  "
+            print(f"{rec.status:8} {prob}  {rec.label or '':9}  {rec.file}  {rec.message}", flush=True)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import is_labelled_folder
+    from .model import atomic_write_json
+    from .validation import evaluate_folder
+
+    if not is_labelled_folder(args.data):
+        _err(f"{args.data} must contain NORMAL/ and PNEUMONIA/ folders.")
+        return EXIT_USAGE
+    predictor = _predictor(args.model)
+    try:
+        rep = evaluate_folder(predictor, args.data, args.operating_point, n_boot=args.bootstrap)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    atomic_write_json(Path(args.json), rep)
+    ci = rep["ci95"]
+    fmt = lambda k: f"{rep[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if rep.get(k) is not None else "n/a"  # noqa: E731
+    print(f"n={rep['n']} (skipped {rep['n_skipped']})  threshold={rep['threshold']:.3f} ({rep['operating_point']})")
+    for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece"):
+        print(f"  {k:12} {fmt(k)}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, fit
+    from .validation import calibrate_model
+
+    overrides = {k: v for k, v in {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
+        "seed": args.seed, "device": args.device, "augment": args.augment, "mixup_alpha": args.mixup,
+        "max_images": args.max_images, "compile": args.compile or None,
+    }.items() if v is not None}
+    cfg = TrainConfig(init=args.init, **overrides)
+
+    def progress(r) -> None:
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items())
+        print(f"epoch {r.epoch}/{r.epochs}  loss={r.train_loss:.4f}  {metrics}  {r.images_per_s:.0f} img/s  "
+              f"eta {r.eta_s:.0f}s{'  *' if r.best else ''}", flush=True)
+
+    result = fit(args.data, args.out, cfg, progress=progress)
+    if not args.no_calibrate:
+        calibrate_model(result.out_dir, args.data, n_boot=args.bootstrap, log=print)
+    print(f"model written to {result.out_dir}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .validation import calibrate_model
+
+    card = calibrate_model(args.model, args.data, n_boot=args.bootstrap, log=print)
+    print(json.dumps({"temperature": card["temperature"], "operating_points": card["operating_points"]}, indent=2))
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import encode_png, explain, overlay
+    from .guard import rejection_reason
+    from .io import read_xray
+    from .model import atomic_write_bytes
+
+    predictor = _predictor(args.model)
+    image = read_xray(args.file, name=Path(args.file).name)
+    reason = rejection_reason(image)
+    if reason and not args.analyse_anyway:
+        _err(f"Not analysed: {reason} (use --analyse-anyway to override).")
+        return EXIT_FAIL
+    exp = explain(predictor, image, method=args.method, operating_point=args.operating_point)
+    atomic_write_bytes(Path(args.out), encode_png(overlay(image.pixels, exp.normalised, alpha=args.alpha)))
+    p = exp.prediction
+    print(json.dumps({"file": args.file, "probability": p.probability, "label": p.label, "threshold": p.threshold,
+                      "operating_point": p.operating_point, "model_version": p.model_version,
+                      "method": exp.method, "target": exp.target, "out": args.out}))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pneumo_core",
+                                 description="Pneumonia decision support for chest radiographs "
+                                             "(decision support, not a diagnosis).")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model folder (default: the active model in weights/)")
+        p.add_argument("--operating-point", help="balanced | high_sensitivity (default: the card's)")
+
+    p = sub.add_parser("predict", help="probability of pneumonia for each file")
+    model_opts(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line and file")
+    p.add_argument("--analyse-anyway", action="store_true", help="score films the guard rejects (outside validated use)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="metrics with 95%% CIs on a NORMAL/ + PNEUMONIA/ folder")
+    model_opts(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", required=True, metavar="OUT")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a new model version (then calibrate it)")
+    p.add_argument("--data", required=True, help="folder with train/ [val/ test/ external/] or NORMAL/ + PNEUMONIA/")
+    p.add_argument("--out", required=True, help="new model folder (must not exist)")
+    p.add_argument("--init", default="scratch", help="imagenet | scratch | PATH to a model folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--augment", choices=["strong", "mild", "none"])
+    p.add_argument("--mixup", type=float, help="mixup alpha (0 disables)")
+    p.add_argument("--max-images", type=int, help="cap per split (smoke tests)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--no-calibrate", action="store_true", help="skip temperature/operating points/evaluation")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="fit temperature and operating points; evaluate every split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("explain", help="Grad-CAM overlay PNG for one film")
+    model_opts(p)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="PNG")
+    p.add_argument("--method", default="gradcam", help="gradcam | gradcam++ | hirescam | layercam | eigencam")
+    p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity")
+    p.add_argument("--analyse-anyway", action="store_true")
+    p.set_defaults(func=cmd_explain)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)       # exits 2 on bad usage
+    try:
+        return args.func(args)
+    except ModelLoadError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    except (PneumoError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,206 @@
+"""Metrics, confidence intervals, calibration and operating points (scikit-learn underneath).
+
+Everything here is plain numpy in, plain dicts out, so the results go straight
+into JSON artifacts that the metrics page reads without recomputing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
+
+THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
+HIGH_SENSITIVITY_TARGET = 0.95
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
+    """Counts at ``p >= threshold`` called PNEUMONIA (label 1)."""
+    pred = (np.asarray(p) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(np.asarray(y).astype(int), pred, labels=[0, 1]).ravel()
+    return {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def threshold_metrics(c: dict[str, int]) -> dict[str, float]:
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    sens, prec = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+    return {
+        "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+        "sensitivity": sens,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": prec,
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * prec * sens, prec + sens) if not (math.isnan(prec) or math.isnan(sens)) else float("nan"),
+    }
+
+
+def safe_auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def safe_pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(average_precision_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error with equal-width bins on P(pneumonia)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if len(y) == 0:
+        return float("nan")
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            total += m.sum() * abs(y[m].mean() - p[m].mean())
+    return float(total / len(y))
+
+
+def reliability(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, list]:
+    """Per-bin mean predicted probability, observed frequency and count (for the calibration plot)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    out: dict[str, list] = {"bin_lower": [], "bin_upper": [], "mean_predicted": [], "observed": [], "count": []}
+    for b in range(n_bins):
+        m = bins == b
+        out["bin_lower"].append(b / n_bins)
+        out["bin_upper"].append((b + 1) / n_bins)
+        out["count"].append(int(m.sum()))
+        out["mean_predicted"].append(float(p[m].mean()) if m.any() else None)
+        out["observed"].append(float(y[m].mean()) if m.any() else None)
+    return out
+
+
+def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """Every scalar metric at one threshold (AUCs are threshold-free)."""
+    return {
+        "auc": safe_auc(y, p),
+        "pr_auc": safe_pr_auc(y, p),
+        **threshold_metrics(confusion(y, p, threshold)),
+        "ece": ece(y, p),
+    }
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, list[float | None]]:
+    """Percentile bootstrap over films: a 95% CI for each metric of ``point_metrics``.
+
+    Vectorised over resamples: counts by numpy, AUC by the rank (Mann-Whitney) identity,
+    which equals scikit-learn's roc_auc_score, ties included."""
+    from scipy.stats import rankdata
+
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    n = len(y)
+    if n == 0 or n_boot <= 0:
+        return {}
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    yb, pb = y[idx], p[idx]
+    pos, called = yb == 1, pb >= threshold
+    tp = (pos & called).sum(1).astype(float)
+    fp = (~pos & called).sum(1).astype(float)
+    tn = (~pos & ~called).sum(1).astype(float)
+    fn = (pos & ~called).sum(1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens, spec, prec, npv = tp / (tp + fn), tn / (tn + fp), tp / (tp + fp), tn / (tn + fn)
+        n_pos, n_neg = pos.sum(1), (~pos).sum(1)
+        ranks = rankdata(pb, axis=1)
+        auc = ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        draws = {
+            "auc": auc,
+            "pr_auc": np.array([safe_pr_auc(a, b) for a, b in zip(yb, pb)]),
+            "accuracy": (tp + tn) / n,
+            "sensitivity": sens,
+            "specificity": spec,
+            "precision": prec,
+            "npv": npv,
+            "f1": 2 * prec * sens / (prec + sens),
+            "ece": np.array([ece(a, b) for a, b in zip(yb, pb)]),
+        }
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    out: dict[str, list[float | None]] = {}
+    for k, arr in draws.items():
+        arr = arr[np.isfinite(arr)]
+        out[k] = [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))] if len(arr) else [None, None]
+    return out
+
+
+def report(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The evaluate contract: n, every metric as a number, ``ci95`` per metric, threshold, confusion."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    return {
+        "n": int(len(y)),
+        "n_normal": int((y == 0).sum()),
+        "n_pneumonia": int((y == 1).sum()),
+        **_nan_to_none(point_metrics(y, p, threshold)),
+        "threshold": float(threshold),
+        "confusion": confusion(y, p, threshold),
+        "ci95": bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed),
+        "ci_method": f"percentile bootstrap over films, {n_boot} resamples",
+    }
+
+
+def _nan_to_none(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising the NLL of sigmoid(logit / T)."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = np.asarray(logits, float), np.asarray(y, float)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(sigmoid(z / math.exp(log_t)), 1e-12, 1 - 1e-12)
+        return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str) -> dict[str, dict[str, Any]]:
+    """``balanced``: maximal Youden J (sensitivity + specificity - 1).
+    ``high_sensitivity``: the highest threshold whose sensitivity is >= 0.95 (fewest false alarms)."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    fpr, tpr, thr = roc_curve(y, p)
+    thr = np.clip(thr, 0.0, 1.0)
+    j = int(np.argmax(tpr - fpr))
+    ok = np.flatnonzero(tpr >= HIGH_SENSITIVITY_TARGET)
+    k = int(ok[0]) if len(ok) else len(thr) - 1
+    points = {}
+    for name, i, rule in (("balanced", j, "max Youden J"),
+                          ("high_sensitivity", k, f"highest threshold with sensitivity >= {HIGH_SENSITIVITY_TARGET}")):
+        t = float(thr[i])
+        m = threshold_metrics(confusion(y, p, t))
+        points[name] = {"threshold": t, "rule": rule, "chosen_on": source,
+                        "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+    return points
+
+
+def curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """Everything the metrics page plots, as lists."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    out: dict[str, Any] = {"reliability": reliability(y, p)}
+    if len(np.unique(y)) == 2:
+        fpr, tpr, thr = roc_curve(y, p)
+        prec, rec, pthr = precision_recall_curve(y, p)
+        out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": np.clip(thr, 0, 1).tolist()}
+        out["pr"] = {"precision": prec.tolist(), "recall": rec.tolist(), "threshold": pthr.tolist()}
+    grid = np.round(np.linspace(0, 1, 101), 4)
+    sweep: dict[str, list] = {"threshold": grid.tolist(), **{k: [] for k in THRESHOLD_METRICS}}
+    for t in grid:
+        for k, v in threshold_metrics(confusion(y, p, float(t))).items():
+            sweep[k].append(None if math.isnan(v) else v)
+    out["sweep"] = sweep
+    out["prevalence"] = float(y.mean()) if len(y) else None
+    return out

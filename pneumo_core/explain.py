@@ -1,0 +1,87 @@
+"""Grad-CAM (pytorch-grad-cam) on DenseNet-121's last dense block, and an OpenCV overlay.
+
+The target is explicit: the pneumonia logit (never the library's argmax
+default, meaningless for a one-logit head). Hooks live only inside a ``with``
+block, so the shared model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .io import XrayImage
+from .predict import Prediction, Predictor
+from .preprocess import to_batch
+
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
+
+
+def _cam_class(method: str):
+    import pytorch_grad_cam as pgc
+
+    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
+               "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM}
+    if method not in classes:
+        raise ValueError(f"Unknown CAM method {method!r}; choose one of {', '.join(METHODS)}.")
+    return classes[method]
+
+
+class PneumoniaLogit:
+    """Grad-CAM target: the pneumonia logit itself (sign=+1) or its negation (evidence for NORMAL)."""
+
+    def __init__(self, sign: float = 1.0):
+        self.sign = sign
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return self.sign * model_output.reshape(-1)[0]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    normalised: np.ndarray      # H x W float32 in [0,1] at the model's input size: relative, per film
+    raw: np.ndarray             # h x w float32 >= 0 at feature-map resolution, in the method's own units
+    method: str
+    target: str                 # what was explained, e.g. "PNEUMONIA logit"
+    prediction: Prediction
+
+
+def target_layer(net: torch.nn.Module) -> torch.nn.Module:
+    return net.features.denseblock4
+
+
+def explain(predictor: Predictor, image: XrayImage, *, method: str = "gradcam", target: str = "PNEUMONIA",
+            operating_point: str | None = None) -> Explanation:
+    """Grad-CAM for one film. ``target`` 'PNEUMONIA' shows evidence for pneumonia, 'NORMAL' against it."""
+    cam_cls = _cam_class(method)
+    prediction = predictor.predict(image, operating_point)
+    net = predictor.model.net
+    x = to_batch([image.pixels], predictor.card["input"]).to(predictor.model.device).requires_grad_(True)
+    targets = [PneumoniaLogit(1.0 if target == "PNEUMONIA" else -1.0)]
+    layer = target_layer(net)
+    with predictor.lock, torch.enable_grad(), cam_cls(model=net, target_layers=[layer]) as cam:
+        normalised = cam(input_tensor=x, targets=targets)[0]
+        acts = cam.activations_and_grads.activations
+        grads = cam.activations_and_grads.gradients
+        raw = cam.get_cam_image(x, layer, targets, acts[0].numpy(), grads[0].numpy() if grads else None, False)[0]
+    return Explanation(np.nan_to_num(normalised).astype(np.float32), np.maximum(raw, 0).astype(np.float32),
+                       method, f"{target} logit", prediction)
+
+
+def overlay(pixels: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """Blend a [0,1] map over the film at the film's own resolution -> H x W x 3 uint8 RGB."""
+    h, w = pixels.shape
+    film = cv2.cvtColor((np.clip(pixels, 0, 1) * 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+    heat = cv2.resize(np.clip(cam, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), colormap), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(colour, float(alpha), film, 1.0 - float(alpha), 0.0)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()

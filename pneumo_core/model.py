@@ -1,0 +1,270 @@
+"""DenseNet-121 with a one-logit pneumonia head, and its model card.
+
+A model on disk is a folder: ``model.safetensors`` (fp16) beside ``card.json``.
+The card describes everything needed to use the weights (labels, input size,
+normalisation, temperature, operating points) and where they came from
+(training config, data fingerprint, initialisation, metrics, code version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import ModelLoadError, WeightsUnavailableError
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+CARD_SCHEMA = 1
+LABELS = ("NORMAL", "PNEUMONIA")
+# ImageNet statistics: the DenseNet stem expects them whatever the initialisation,
+# so a scratch model and an ImageNet one share preprocessing.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_input_spec(size: int = 224) -> dict[str, Any]:
+    """How films become tensors; stored in the card and read by preprocess."""
+    return {
+        "size": int(size),
+        "resize": "squash",          # straight to size x size, like the training data
+        "interpolation": "area",
+        "channels": 3,               # grey replicated, so ImageNet weights fit
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
+def build_densenet121(dropout: float = 0.0) -> nn.Module:
+    """torchvision's densenet121 with a single-logit head (P(pneumonia) via sigmoid)."""
+    from torchvision.models import densenet121
+
+    net = densenet121(weights=None, drop_rate=0.0)
+    in_features = net.classifier.in_features
+    net.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, 1)) if dropout else nn.Linear(in_features, 1)
+    return net
+
+
+def _head(net: nn.Module) -> nn.Linear:
+    return net.classifier[-1] if isinstance(net.classifier, nn.Sequential) else net.classifier
+
+
+# torchvision's old checkpoints name dense-layer params "norm.1.weight"; the module says "norm1.weight".
+_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision's weights API caches DenseNet-121's ImageNet file (under TORCH_HOME)."""
+    from torchvision.models import DenseNet121_Weights
+
+    url = DenseNet121_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def load_imagenet_backbone(net: nn.Module) -> None:
+    """Copy ImageNet features into ``net`` from torchvision's cache; never downloads.
+
+    Raises WeightsUnavailableError naming the file and folder when the cache lacks it.
+    """
+    from torchvision.models import DenseNet121_Weights
+
+    path = imagenet_weights_path()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"ImageNet weights for DenseNet-121 are not cached on this machine: put "
+            f"{path.name} in {path.parent} (torchvision's cache under TORCH_HOME), "
+            f"or use --init scratch."
+        )
+    try:
+        # The file is already cached, so this reads it; weights_only keeps the load safe.
+        state = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+    except Exception as exc:  # a corrupt stand-in, a pickle with code in it, ...
+        raise WeightsUnavailableError(f"The cached ImageNet weights at {path} could not be read: {exc}") from exc
+    state = {(_LEGACY_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    missing, unexpected = net.features.load_state_dict(features, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]   # absent from the published file
+    if missing or unexpected:
+        raise WeightsUnavailableError(
+            f"The cached ImageNet weights at {path} do not fit DenseNet-121 "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)."
+        )
+
+
+def create_model(init: str = "scratch", *, dropout: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
+    """One factory for every initialisation: 'scratch', 'imagenet', or a model folder / .safetensors path.
+
+    Returns the network (fp32, train mode) and a description of the initialisation for the card.
+    """
+    net = build_densenet121(dropout)
+    if init == "scratch":
+        return net, {"kind": "scratch"}
+    if init == "imagenet":
+        load_imagenet_backbone(net)
+        return net, {"kind": "imagenet", "source": "torchvision DenseNet121_Weights.IMAGENET1K_V1"}
+    path = Path(init)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise ModelLoadError(f"--init must be 'scratch', 'imagenet' or a model folder/.safetensors file; {init!r} is none of these.")
+    state = _read_safetensors(weights)
+    _load_state(net, state)
+    parent_card = path / CARD_FILE if path.is_dir() else weights.with_name(CARD_FILE)
+    parent = json.loads(parent_card.read_text()).get("version") if parent_card.is_file() else None
+    return net, {"kind": "checkpoint", "source": weights.name, "parent_version": parent}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"The weights file {path.name} is unreadable or truncated.") from exc
+
+
+def _load_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    own = net.state_dict()
+    # A checkpoint saved with or without head dropout differs only in the head's key names.
+    fixed = {}
+    for k, v in state.items():
+        if k not in own and k.startswith("classifier"):
+            alt = "classifier.weight" if k.endswith("weight") else "classifier.bias"
+            alt = alt if alt in own else k.replace("classifier.", "classifier.1.")
+            k = alt
+        fixed[k] = v
+    try:
+        net.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in fixed.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError("The weights do not fit a DenseNet-121 with a pneumonia head.") from exc
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of this code, or the package version outside a checkout."""
+    from . import __version__
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return f"{__version__}+{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; models and records are meant to be shared
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_model(net: nn.Module, card: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Save fp16 safetensors and the card (with the weights' sha256) into ``out_dir``, atomically per file.
+
+    The weights are written first and the card last, so a folder with a card is complete.
+    """
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+    card = dict(card)
+    card["schema"] = CARD_SCHEMA
+    card["weights"] = {"file": WEIGHTS_FILE, "dtype": "float16", "sha256": sha256_file(out / WEIGHTS_FILE)}
+    atomic_write_json(out / CARD_FILE, card)
+    return card
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference (eval mode, fp32, on ``device``) and its card. Treat as read-only."""
+
+    net: nn.Module
+    card: Mapping[str, Any]
+    path: Path
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", self.path.name))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / CARD_FILE
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"No model card ({CARD_FILE}) in {Path(model_dir).name or model_dir}.") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"The model card in {Path(model_dir).name} is unreadable.") from exc
+    if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA:
+        raise ModelLoadError(f"The model card in {Path(model_dir).name} has an unknown format.")
+    return card
+
+
+def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
+    """Load a model folder for inference. The weights' sha256 must match the card's (unless verify=False)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"Model folder not found: {model_dir}")
+    card = read_card(model_dir)
+    weights = model_dir / card.get("weights", {}).get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelLoadError(f"The model in {model_dir.name} has no weights file.")
+    expected = card.get("weights", {}).get("sha256")
+    if verify and expected and sha256_file(weights) != expected:
+        raise ModelLoadError(
+            f"The weights of model {card.get('version', model_dir.name)} do not match their card "
+            f"(sha256 differs): the file was changed or truncated. Refusing to use it."
+        )
+    net = build_densenet121(card.get("training", {}).get("dropout", 0.0))
+    _load_state(net, _read_safetensors(weights))
+    net.eval().requires_grad_(False)
+    net.to(device)
+    return LoadedModel(net=net, card=card, path=model_dir)

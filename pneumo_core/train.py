@@ -1,0 +1,327 @@
+"""Training: a readable loop, a frozen config, and a progress callback as the only link to any UI.
+
+    fit(data_dir, out_dir, TrainConfig(...), progress=print)
+
+Films are decoded once into a uint8 tensor on the training device; augmentation
+runs there too (pneumo_core.augment), so the GPU is not starved by a loader.
+Model selection uses ``external/`` when present (the distribution users meet),
+else ``val/``. ``external/`` is never trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment as aug
+from .data import ImageSet, LabelledFiles, discover_splits, fingerprint, list_labelled, load_images
+from .model import LABELS, create_model, default_input_spec, save_model, code_version
+from .preprocess import normalise
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3                 # AdamW peak, after a linear warm-up
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    image_size: int = 224
+    init: str = "scratch"            # scratch | imagenet | path to a model folder
+    dropout: float = 0.0
+    augment: str = "strong"          # strong | mild | none
+    mixup_alpha: float = 0.2
+    ema_decay: float = 0.995         # per step; 0 disables the averaged model
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    bf16: bool = True                # autocast where the device supports it
+    channels_last: bool = True
+    compile: bool = False
+    val_fraction: float = 0.1        # carved from train/ when no val/ exists
+    max_images: int | None = None    # per split; for smoke tests
+    workers: int = 4                 # decoding threads
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    epochs: int
+    train_loss: float
+    metrics: dict[str, float]        # e.g. {"val_auc": .., "external_auc": ..}
+    images_per_s: float
+    elapsed_s: float
+    eta_s: float
+    best: bool
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    card: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+Progress = Callable[[EpochReport], None]
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised from inside fit() when the cancel check says stop; nothing is written to out_dir."""
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up then cosine decay to 1% of peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    # bf16 autocast: on CUDA always; on CPU it is ~2x faster where the CPU has bf16 instructions.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, pixels: torch.Tensor, spec: dict, *, batch_size: int = 128,
+                   bf16: bool = False) -> np.ndarray:
+    """uint8 N x S x S (any device) -> raw logits (N,), with the network in eval mode."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    out = []
+    for i in range(0, len(pixels), batch_size):
+        x = normalise(pixels[i:i + batch_size].to(device).unsqueeze(1), spec)
+        if device.type == "cuda" or bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, bf16):
+            out.append(net(x).float().squeeze(1).cpu())
+    net.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def _split_val(lf: LabelledFiles, fraction: float, seed: int) -> tuple[LabelledFiles, LabelledFiles]:
+    """Stratified random split for data that came without val/ (patient grouping unknown)."""
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for y in (0, 1):
+        idx = np.flatnonzero(lf.labels == y)
+        rng.shuffle(idx)
+        val_idx.extend(idx[: max(1, int(round(len(idx) * fraction)))])
+    mask = np.zeros(len(lf), bool)
+    mask[val_idx] = True
+    pick = lambda m: LabelledFiles(tuple(f for f, k in zip(lf.files, m) if k), lf.labels[m])  # noqa: E731
+    return pick(~mask), pick(mask)
+
+
+def _subsample(lf: LabelledFiles, n: int | None, seed: int) -> LabelledFiles:
+    if n is None or len(lf) <= n:
+        return lf
+    idx = np.sort(np.random.default_rng(seed).choice(len(lf), n, replace=False))
+    return LabelledFiles(tuple(lf.files[i] for i in idx), lf.labels[idx])
+
+
+def prepare_data(data_dir: str | Path, cfg: TrainConfig, spec: dict) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+    """Decode the splits once. Returns the image sets and a data description for the card."""
+    folders = discover_splits(data_dir)
+    lists = {name: list_labelled(path) for name, path in folders.items() if name != "test"}
+    if "val" not in lists:
+        lists["train"], lists["val"] = _split_val(lists["train"], cfg.val_fraction, cfg.seed)
+    lists = {k: _subsample(v, cfg.max_images, cfg.seed) for k, v in lists.items()}
+    for name in ("train", "val"):
+        counts = lists[name].counts()
+        if min(counts.values()) < 1:
+            raise ValueError(f"The {name} data need films of both classes; found {counts}.")
+    sets = {name: load_images(lf, spec, workers=cfg.workers) for name, lf in lists.items()}
+    data = {
+        "source": Path(data_dir).name,
+        "fingerprint": fingerprint({k: v for k, v in lists.items()}, Path(data_dir)),
+        "counts": {k: lists[k].counts() for k in lists},
+        "skipped": {k: len(v.skipped) for k, v in sets.items()},
+        "used_for": {"train": "weights", "val": "monitoring",
+                     "external": "model selection (never trained on)" if "external" in sets else None},
+    }
+    return sets, data
+
+
+def train_one_epoch(net, opt, batches, y_all, x_all, spec, cfg, aug_cfg, g, step0, total_steps,
+                    warmup, pos_weight, ema, device) -> tuple[float, int]:
+    net.train()
+    losses = []
+    step = step0
+    for idx in batches:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
+        x = x_all[idx].unsqueeze(1).float().div_(255.0)
+        y = y_all[idx].float()
+        if aug_cfg is not None:
+            x = aug.augment(x, aug_cfg, g)
+        x, y = aug.mixup(x, y, cfg.mixup_alpha, g)
+        x = normalise(x, spec)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.bf16):
+            logits = net(x).float().squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            ema.update_parameters(net)
+        losses.append(loss.detach())
+        step += 1
+    return float(torch.stack(losses).mean()), step
+
+
+def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *,
+        progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FitResult:
+    """Train a model and write it (weights + card) to ``out_dir``.
+
+    ``out_dir`` must not exist or be empty. Everything is staged in a sibling
+    folder and moved into place only when training succeeded, so a failed or
+    cancelled run leaves nothing half-written.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder.")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = pick_device(cfg.device)
+    use_bf16 = cfg.bf16 and (device.type == "cuda" or _cpu_has_bf16())
+    cfg = TrainConfig(**{**asdict(cfg), "bf16": use_bf16})
+    net, init = create_model(cfg.init, dropout=cfg.dropout)       # fails fast, before decoding data
+    spec = default_input_spec(cfg.image_size)
+
+    sets, data = prepare_data(data_dir, cfg, spec)
+    x_train = torch.from_numpy(sets["train"].pixels).to(device)
+    y_train = torch.from_numpy(sets["train"].labels).to(device)
+    evals = {k: (torch.from_numpy(v.pixels), v.labels) for k, v in sets.items() if k != "train"}
+    select_on = "external" if "external" in evals else "val"
+
+    net.to(device)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    model_for_steps = torch.compile(net) if cfg.compile else net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_pos = int(y_train.sum())
+    # Class imbalance: weight positives down so both classes carry equal total weight.
+    pos_weight = torch.tensor((len(y_train) - n_pos) / max(1, n_pos), device=device)
+    aug_cfg = {"strong": aug.AugmentConfig(), "mild": aug.AugmentConfig.mild(), "none": None}[cfg.augment]
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    history: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, torch.Tensor], dict[str, Any]] | None = None
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+        if should_stop and should_stop():
+            raise TrainingCancelled("Training was cancelled; no model was written.")
+        te = time.perf_counter()
+        order = torch.randperm(len(x_train), generator=g, device=device)
+        batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+        loss, step = train_one_epoch(model_for_steps, opt, batches, y_train, x_train, spec, cfg, aug_cfg, g,
+                                     step, total_steps, warmup, pos_weight, ema, device)
+        ips = steps_per_epoch * cfg.batch_size / (time.perf_counter() - te)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": lr_at(step - 1, total_steps, warmup, cfg.lr),
+                               "images_per_s": ips}
+        candidates = {"raw": net} if ema is None else {"raw": net, "ema": ema.module}
+        improved = False
+        for kind, candidate in candidates.items():
+            for split, (px, labels) in evals.items():
+                row[f"{split}_auc" + ("" if kind == "raw" else "_ema")] = _auc(labels, predict_logits(
+                    candidate, px, spec, bf16=use_bf16))
+            score = row[f"{select_on}_auc" + ("" if kind == "raw" else "_ema")]
+            if best is None or (not math.isnan(score) and score > best[0]):
+                state = {k: v.detach().to("cpu", copy=True) for k, v in candidate.state_dict().items()}
+                best = (score, state, {"epoch": epoch, "weights": kind, f"{select_on}_auc": score})
+                improved = True
+        history.append(row)
+        elapsed = time.perf_counter() - t0
+        if progress:
+            metrics = {k: float(v) for k, v in row.items() if k.endswith(("_auc", "_auc_ema"))}
+            progress(EpochReport(epoch, cfg.epochs, loss, metrics, ips, elapsed,
+                                 elapsed / epoch * (cfg.epochs - epoch), improved))
+
+    assert best is not None
+    final = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
+    final.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in best[1].items()})
+    card = {
+        "name": "pneumo-densenet121",
+        "version": _version_stamp(),
+        "architecture": "densenet121",
+        "task": "binary: PNEUMONIA vs NORMAL on frontal chest radiographs",
+        "labels": list(LABELS),
+        "positive_label": LABELS[1],
+        "input": spec,
+        "temperature": 1.0,
+        "operating_points": {},
+        "default_operating_point": "balanced",
+        "initialisation": init,
+        "training": {**asdict(cfg), "selected": best[2], "device": _device_name(device),
+                     "seconds": round(time.perf_counter() - t0, 1)},
+        "data": data,
+        "history": history,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+    }
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        card = save_model(final, card, staging)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists():
+            out_dir.rmdir()          # empty (checked above)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FitResult(out_dir, card, history)
+
+
+def _version_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False

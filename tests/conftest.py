@@ -1,0 +1,67 @@
+"""Shared fixtures: a synthetic labelled dataset and a tiny trained + calibrated model (CPU, seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Tests never reach the network and never use the shipped weights unless they say so.
+os.environ.setdefault("PNEUMO_WEIGHTS_DIR", str(Path(__file__).parent / "_no_weights_here"))
+
+
+def synthetic_film(rng: np.random.Generator, pneumonia: bool, size: int = 64) -> np.ndarray:
+    """A chest-like grey image: two dark 'lungs' in a brighter body; pneumonia adds a bright patch in a lung."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.65 + 0.05 * rng.standard_normal((size, size))
+    for cx in (0.32, 0.68):
+        lung = ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+        img[lung] -= 0.4
+    if pneumonia:
+        cx, cy = rng.choice([0.3, 0.7]), rng.uniform(0.4, 0.65)
+        img += 0.35 * np.exp(-(((xx - cx) / 0.08) ** 2 + ((yy - cy) / 0.08) ** 2))
+    return np.clip(img, 0, 1)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def make_dataset(root: Path, counts: dict[str, int], size: int = 64, seed: int = 0) -> Path:
+    """root/<split>/{NORMAL,PNEUMONIA}/*.png with ``counts[split]`` films per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for label in ("NORMAL", "PNEUMONIA"):
+            for i in range(n):
+                write_png(root / split / label / f"{label.lower()}_{i:03d}.png",
+                          synthetic_film(rng, label == "PNEUMONIA", size))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), {"train": 24, "val": 8, "test": 8, "external": 8})
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
+    """A real model folder (weights, card, evaluation artifacts) from two CPU epochs at 32 px."""
+    from pneumo_core.train import TrainConfig, fit
+    from pneumo_core.validation import calibrate_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    cfg = TrainConfig(epochs=2, batch_size=8, image_size=32, lr=3e-3, device="cpu", bf16=False,
+                      channels_last=False, workers=1, ema_decay=0.9)
+    fit(synthetic_data, out, cfg)
+    calibrate_model(out, synthetic_data, n_boot=50)
+    return out
+
+
+@pytest.fixture()
+def film_png(tmp_path) -> Path:
+    return write_png(tmp_path / "film.png", synthetic_film(np.random.default_rng(1), True, 96))
