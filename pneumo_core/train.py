@@ -139,9 +139,16 @@ def _split_val(lf: LabelledFiles, fraction: float, seed: int) -> tuple[LabelledF
 
 
 def _subsample(lf: LabelledFiles, n: int | None, seed: int) -> LabelledFiles:
+    """At most ``n`` films, keeping the class proportions (and at least one of each class)."""
     if n is None or len(lf) <= n:
         return lf
-    idx = np.sort(np.random.default_rng(seed).choice(len(lf), n, replace=False))
+    rng = np.random.default_rng(seed)
+    idx = []
+    for y in (0, 1):
+        members = np.flatnonzero(lf.labels == y)
+        k = max(1, int(round(n * len(members) / len(lf))))
+        idx.extend(rng.choice(members, min(k, len(members)), replace=False))
+    idx = np.sort(np.asarray(idx))
     return LabelledFiles(tuple(lf.files[i] for i in idx), lf.labels[idx])
 
 

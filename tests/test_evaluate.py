@@ -1,0 +1,99 @@
+"""Metrics against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pneumo_core import evaluate as ev
+
+
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+P = np.array([0.9, 0.8, 0.6, 0.15, 0.7, 0.4, 0.2, 0.1, 0.1, 0.05])
+
+
+def test_confusion_and_threshold_metrics_by_hand():
+    c = ev.confusion(Y, P, 0.5)
+    assert c == {"tp": 3, "fp": 1, "tn": 5, "fn": 1}
+    m = ev.threshold_metrics(c)
+    assert m["accuracy"] == pytest.approx(8 / 10)
+    assert m["sensitivity"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(5 / 6)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["npv"] == pytest.approx(5 / 6)
+    assert m["f1"] == pytest.approx(0.75)
+
+
+def test_threshold_is_inclusive():
+    assert ev.confusion(np.array([1, 0]), np.array([0.5, 0.5]), 0.5) == {"tp": 1, "fp": 1, "tn": 0, "fn": 0}
+
+
+def test_auc_by_hand():
+    # positives 0.9,0.8,0.6,0.15 vs negatives 0.7,0.4,0.2,0.1,0.1,0.05: pairs won = 6+6+5+3 = 20 of 24
+    assert ev.safe_auc(Y, P) == pytest.approx(20 / 24)
+    assert math.isnan(ev.safe_auc(np.ones(3), np.array([0.1, 0.2, 0.3])))
+
+
+def test_ece_by_hand():
+    # two bins: p=0.05 (bin 0) with outcome 0 twice; p=0.95 (bin 9) with outcomes 1,0 -> gaps 0.05 and 0.45
+    y = np.array([0, 0, 1, 0])
+    p = np.array([0.05, 0.05, 0.95, 0.95])
+    assert ev.ece(y, p) == pytest.approx((2 * 0.05 + 2 * 0.45) / 4)
+    assert ev.ece(np.array([1, 0]), np.array([1.0, 0.0])) == pytest.approx(0.0)
+
+
+def test_bootstrap_ci_contains_point_and_auc_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.35 * y + 0.65 * rng.random(300), 0, 1)
+    point = ev.point_metrics(y, p, 0.5)
+    ci = ev.bootstrap_ci(y, p, 0.5, n_boot=300, seed=1)
+    for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece"):
+        lo, hi = ci[k]
+        assert lo <= point[k] <= hi, k
+        assert hi - lo < 0.25
+    # the rank identity used for speed agrees with scikit-learn on one resample, ties included
+    from scipy.stats import rankdata
+    yt, pt = np.array([1, 0, 1, 0, 1]), np.array([0.5, 0.5, 0.9, 0.1, 0.5])
+    r = rankdata(pt)
+    rank_auc = (r[yt == 1].sum() - 3 * 4 / 2) / (3 * 2)
+    assert rank_auc == pytest.approx(ev.safe_auc(yt, pt))
+
+
+def test_report_has_the_contract_fields():
+    rep = ev.report(Y, P, 0.5, n_boot=50)
+    for k in ("n", "auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "threshold", "confusion"):
+        assert k in rep
+    for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece"):
+        assert len(rep["ci95"][k]) == 2
+    assert rep["n"] == 10 and rep["confusion"]["tp"] == 3
+
+
+def test_temperature_scaling_recovers_known_temperature():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 2, 20000)
+    y = (rng.random(20000) < ev.sigmoid(true_logit)).astype(int)
+    t = ev.fit_temperature(true_logit * 3.0, y)      # over-confident by a factor 3
+    assert t == pytest.approx(3.0, rel=0.08)
+
+
+def test_operating_points():
+    pts = ev.choose_operating_points(Y, P, source="x")
+    bal, hs = pts["balanced"], pts["high_sensitivity"]
+    # Youden J: 0.6 -> .75 + 5/6 - 1 = .583 beats 0.8 (.5) and 0.15 (1 + 3/6 - 1 = .5)
+    assert bal["threshold"] == pytest.approx(0.6)
+    assert bal["sensitivity"] == pytest.approx(0.75) and bal["specificity"] == pytest.approx(5 / 6)
+    # sensitivity >= 0.95 needs every positive: the highest such threshold is 0.15
+    assert hs["threshold"] == pytest.approx(0.15) and hs["sensitivity"] == 1.0
+    assert hs["threshold"] <= bal["threshold"]
+
+
+def test_curves_shapes():
+    c = ev.curves(Y, P)
+    assert len(c["roc"]["fpr"]) == len(c["roc"]["tpr"])
+    assert c["sweep"]["threshold"][0] == 0 and c["sweep"]["threshold"][-1] == 1
+    assert c["sweep"]["sensitivity"][0] == 1.0
+    assert sum(c["reliability"]["count"]) == len(Y)
+    assert c["prevalence"] == pytest.approx(0.4)
