@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
+FILMS ?= ../shared/data/chest_xray/external/PNEUMONIA
 
 .PHONY: run test venv dev bench clean
 
@@ -25,7 +26,7 @@ test: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed-dev
-	$(BIN)/python bench/cpu_latency.py
+	$(BIN)/python bench/cpu_latency.py --films $(FILMS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

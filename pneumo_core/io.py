@@ -30,16 +30,13 @@ import struct
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageOps
-from pydicom.dataset import FileMetaDataset
-from pydicom.encaps import generate_frames
-from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array, processing
-from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+
+if TYPE_CHECKING:  # pydicom is imported where DICOM is decoded: training machines may lack it
+    import pydicom
 
 from .errors import (  # noqa: F401  (re-exported for callers)
     ImageTooLargeError,
@@ -295,6 +292,10 @@ def pil_to_unit(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
 
 def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     """Parse DICOM bytes (with or without preamble / file meta); require pixel data."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     if data[:4] == b"DICM":                       # preamble dropped by some writers
         data = bytes(128) + data
     if b"1.2.840.10008.1.2.1.99" in data[:4096]:  # deflate: an unbounded inflate, refused
@@ -315,6 +316,10 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
 
 def check_dicom_header(ds: pydicom.Dataset) -> tuple[int, int, int]:
     """Caps, decodability and completeness from the header alone -> (rows, columns, frames)."""
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels import get_decoder
+    from pydicom.pixels.utils import get_expected_length
+
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = max(int(ds.get("NumberOfFrames") or 1), 1)
     check_size(cols, rows)
@@ -357,6 +362,8 @@ def check_codestream(frame: bytes) -> None:
 
 def apply_modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     """Modality LUT (sequence, or rescale slope/intercept) -> float64."""
+    from pydicom.pixels import apply_modality_lut
+
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
 
 
@@ -366,6 +373,8 @@ def apply_voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> tupl
     Returns (values, lo, hi) where [lo, hi] is the VOI's output range, or the
     data's min..max when there is no usable VOI.
     """
+    from pydicom.pixels import processing
+
     try:
         if ds.get("VOILUTSequence"):
             n, first = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor[:2])
@@ -387,6 +396,9 @@ def apply_voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> tupl
 
 def decode_dicom(data: bytes) -> tuple[np.ndarray, dict, list[str]]:
     """DICOM bytes -> (gray in [0, 1], metadata, warnings)."""
+    from pydicom.pixels import pixel_array
+    from pydicom.uid import RLELossless
+
     ds = read_dicom_dataset(data)
     rows, cols, frames = check_dicom_header(ds)
     notes = [WARN_FRAMES] if frames > 1 else []
