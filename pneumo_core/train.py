@@ -283,6 +283,7 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     assert best is not None
     final = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
     final.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in best[1].items()})
+    weights_check = fp16_agreement(final, evals.get(select_on, (None,))[0], spec)
     card = {
         "name": "pneumo-densenet121",
         "version": _version_stamp(),
@@ -299,6 +300,8 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
                      "seconds": round(time.perf_counter() - t0, 1)},
         "data": data,
         "history": history,
+        "weights_check": weights_check,
+        "notes": provenance_notes(init, device, cfg),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
     }
@@ -313,6 +316,37 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FitResult(out_dir, card, history)
+
+
+DATA_CITATION = ("Kermany DS, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+                 "Images for Classification. Mendeley Data v2, 2018, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0); "
+                 "Kermany et al., Cell 172(5):1122-1131, 2018.")
+
+
+def provenance_notes(init: dict[str, Any], device: torch.device, cfg: TrainConfig) -> list[str]:
+    """Plain statements for the card: how this model came to be, and what that implies."""
+    notes = []
+    if init["kind"] == "scratch":
+        notes.append("Trained from scratch: no ImageNet (or other pretrained) weights were used.")
+    elif init["kind"] == "checkpoint":
+        notes.append(f"Fine-tuned from our own model {init.get('parent_version')}.")
+    else:
+        notes.append("Initialised from torchvision's ImageNet weights for DenseNet-121.")
+    notes.append(f"Trained on {'a GPU' if device.type == 'cuda' else 'CPU'} for {cfg.epochs} epochs at "
+                 f"{cfg.image_size}x{cfg.image_size} px.")
+    notes.append("Validated on pediatric (1-5 years) frontal chest films only.")
+    return notes
+
+
+def fp16_agreement(net: nn.Module, pixels: torch.Tensor | None, spec: dict) -> dict[str, Any]:
+    """Weights ship as fp16: compare the fp32 network's probabilities with the fp16-rounded one's."""
+    if pixels is None or len(pixels) == 0:
+        return {}
+    half = copy.deepcopy(net)
+    half.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in net.state_dict().items()})
+    p32 = torch.sigmoid(torch.from_numpy(predict_logits(net, pixels, spec)))
+    p16 = torch.sigmoid(torch.from_numpy(predict_logits(half, pixels, spec)))
+    return {"fp16_vs_fp32_max_abs_prob_diff": float((p32 - p16).abs().max()), "films": int(len(pixels))}
 
 
 def _version_stamp() -> str:

@@ -35,6 +35,7 @@ def test_fit_writes_a_complete_model_and_reports_progress(synthetic_data, tmp_pa
     assert card["data"]["counts"]["train"] == {"NORMAL": 8, "PNEUMONIA": 8}
     assert card["training"]["selected"]["epoch"] in (1, 2)
     assert "external" in card["data"]["used_for"] and "never trained on" in card["data"]["used_for"]["external"]
+    assert card["weights_check"]["fp16_vs_fp32_max_abs_prob_diff"] < 0.01
     assert load_model(tmp_path / "m").version == card["version"] == res.card["version"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # staging removed
 
