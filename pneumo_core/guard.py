@@ -1,17 +1,38 @@
-"""First-line checks that a readable image could be a frontal chest radiograph.
+"""Is this readable image a frontal chest radiograph the model may be asked about?
 
-Cheap evidence only (DICOM modality, blank frames). A learned
-out-of-distribution score is separate work; this module is where it plugs in.
+Two layers:
+
+* ``rejection_reason``: cheap, model-free evidence (DICOM modality, blank
+  frames). Every model gets it, old ones included.
+* ``check``: the whole verdict. The cheap checks, a lateral DICOM view, an
+  absurd aspect ratio (``model_free_reason``), then, for a model that has one,
+  the learned guard (``ood.py``: a score on the network's features and on the
+  film's layout; a non-chest DICOM body part counts only together with an
+  unusual score).
+
+``Predictor.check(image)`` runs ``check`` with the model's own guard; use it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io import XrayImage
 
+if TYPE_CHECKING:
+    from .ood import Guard
+
 # Projection radiography modalities; CT, MR, US, NM, ... are not chest films.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "RG", "DR", "OT", "SC", "XA"}
+LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD", "LLO", "RLO"}
+# Chest films are about 35 x 43 cm either way round (ratio 1.2); a frame 2.5 times longer
+# than wide is a whole-body scan, a spine, a panorama or a screenshot, not a chest film.
+MAX_ASPECT = 2.5
+# Radiographs are grey. A colour image with this share of clearly coloured pixels (io's
+# ``colour_fraction``) is a photo, a drawing or a screenshot; a coloured annotation is far smaller.
+MAX_COLOUR_FRACTION = 0.2
 
 
 def rejection_reason(image: XrayImage) -> str | None:
@@ -23,3 +44,34 @@ def rejection_reason(image: XrayImage) -> str | None:
     if float(np.std(px)) < 0.02:
         return "The image is blank or nearly uniform."
     return None
+
+
+def view_reason(image: XrayImage) -> str | None:
+    """Model-free evidence beyond ``rejection_reason``: the view, the frame's shape, colour."""
+    view = str(image.metadata.get("view_position") or "").upper()
+    if view in LATERAL_VIEWS:
+        return f"Lateral view ({view}): the model is validated on frontal chest films only."
+    h, w = image.pixels.shape
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return f"The image is {w}×{h} pixels: far too elongated for a chest radiograph."
+    colour = image.metadata.get("colour_fraction")
+    if isinstance(colour, (int, float)) and colour >= MAX_COLOUR_FRACTION:
+        return f"The image is in colour ({colour:.0%} of its pixels): a radiograph is grey."
+    return None
+
+
+def model_free_reason(image: XrayImage) -> str | None:
+    """Every check that needs no model: ``rejection_reason`` then ``view_reason``."""
+    return rejection_reason(image) or view_reason(image)
+
+
+def check(image: XrayImage, guard: "Guard | None" = None, score: float | None = None) -> str | None:
+    """The verdict on one image: a one-line reason to refuse it, or None to analyse it.
+
+    ``guard`` and ``score`` (from ``Guard.scores``) come from the model; without a
+    guard only the model-free checks apply.
+    """
+    reason = model_free_reason(image)
+    if reason or guard is None or score is None:
+        return reason
+    return guard.reason(image, score)

@@ -88,6 +88,7 @@ ALLOWED_METADATA = (
     "width",
     "height",
     "frames",
+    "colour_fraction",             # share of pixels with clearly coloured RGB (colour images only)
     "patient_age_years",           # float, in memory only
     "patient_sex",                 # "M" / "F" / "O", in memory only
 )
@@ -257,7 +258,21 @@ def decode_pillow(data: bytes, fmt: str) -> tuple[np.ndarray, dict, list[str]]:
             upright = im
             notes.append("The EXIF orientation tag could not be read; the image is shown as stored.")
         gray, bits = pil_to_unit(upright, notes)
-    return gray, {"format": fmt, "width": gray.shape[1], "height": gray.shape[0], "bits_stored": bits}, notes
+        meta = {"format": fmt, "width": gray.shape[1], "height": gray.shape[0], "bits_stored": bits}
+        if WARN_COLOUR in notes:
+            meta["colour_fraction"] = colour_fraction(np.asarray(upright.convert("RGB")), 255)
+    return gray, meta, notes
+
+
+def colour_fraction(rgb: np.ndarray, full_scale: float) -> float:
+    """Share of pixels whose R, G, B differ by more than 10% of ``full_scale`` (on at most ~1M pixels).
+
+    A grey film stored as RGB scores ~0 (JPEG chroma noise stays far below 10%); a photo scores high.
+    """
+    a = np.asarray(rgb)[..., :3]
+    step = max(1, int(np.sqrt(a.shape[0] * a.shape[1] / 1_000_000)))
+    a = a[::step, ::step].astype(np.float32)
+    return round(float((np.ptp(a, axis=-1) > 0.1 * full_scale).mean()), 4)
 
 
 def pil_to_unit(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
@@ -407,16 +422,21 @@ def decode_dicom(data: bytes) -> tuple[np.ndarray, dict, list[str]]:
     # RLE: pydicom's own decoder (pylibjpeg-rle panics, noisily, on some corrupt input).
     plugin = "pydicom" if ds.file_meta.TransferSyntaxUID == RLELossless else ""
     arr = pixel_array(ds, index=0, decoding_plugin=plugin)      # first frame; YBR -> RGB
+    colour = None
     if arr.ndim == 3:
         notes.append(WARN_COLOUR)
         gray = to_unit_range(luminance(arr), 0, 2**bits - 1)
+        colour = colour_fraction(arr, 2**bits - 1)
     else:
         values, lo, hi = apply_voi(apply_modality(arr, ds), ds, notes)
         gray = to_unit_range(values, lo, hi)
         if pi == "MONOCHROME1":
             gray = 1.0 - gray
             notes.append(WARN_MONO1)
-    return gray, dicom_metadata(ds, pi, bits, rows, cols, frames), notes
+    meta = dicom_metadata(ds, pi, bits, rows, cols, frames)
+    if colour is not None:
+        meta["colour_fraction"] = colour
+    return gray, meta, notes
 
 
 def dicom_metadata(ds: pydicom.Dataset, pi: str, bits: int, rows: int, cols: int, frames: int) -> dict:

@@ -1,8 +1,10 @@
-"""Film -> calibrated probability at a named operating point.
+"""Film -> calibrated probability at a named operating point, and whether the film may be analysed.
 
 ``Predictor`` wraps a loaded model (read-only, shareable between sessions) and
 serialises use of it with a lock, so explanations' hooks never meet another
-caller's forward pass.
+caller's forward pass. It also holds the model's out-of-distribution guard
+(``ood.py``) when the model folder has one: ``check`` / ``screen_many`` give the
+guard's verdict and the prediction from the same forward pass.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch
 
 from .errors import PneumoError, UnreadableImageError
 from .evaluate import sigmoid
-from .guard import rejection_reason
+from .guard import model_free_reason
 from .io import XrayImage, read_xray
 from .model import LABELS, LoadedModel, load_model
+from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
 from .preprocess import to_batch
 
 # Probabilities this close to the threshold (in logit units after calibration) get a warning.
@@ -35,6 +38,14 @@ class Prediction:
     operating_point: str
     model_version: str
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Screened:
+    """The guard's verdict on one film and, unless it was not computed, the model's answer."""
+
+    reason: str | None               # why the film is outside validated use; None when accepted
+    prediction: Prediction | None    # None only for films the model-free checks refused (not run)
 
 
 @dataclass(frozen=True)
@@ -58,13 +69,16 @@ class Record:
 
 
 class Predictor:
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, guard: Guard | None = None):
         self.model = model
+        self.guard = guard           # None: a model without a fitted guard (model-free checks only)
         self.lock = threading.Lock()
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "Predictor":
-        return cls(load_model(model_dir))
+    def from_dir(cls, model_dir: str | Path, *, guard: bool = True) -> "Predictor":
+        """Load a model folder and, when its card names one (and ``guard``), its OOD guard (sha256 checked)."""
+        model = load_model(model_dir)
+        return cls(model, load_guard(model.path, model.card) if guard else None)
 
     @property
     def card(self) -> Mapping[str, Any]:
@@ -102,6 +116,50 @@ class Predictor:
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         return sigmoid(self.logits(images) / self.temperature)
+
+    def forward(self, images: list[np.ndarray], taps: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Display pixels -> (raw logits, {tap: pooled features}) from one forward pass."""
+        x = to_batch(images, self.card["input"]).to(self.model.device)
+        with self.lock, torch.inference_mode():
+            logits, feats = forward_with_taps(self.model.net, x, taps)
+            return logits.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in feats.items()}
+
+    def screen_many(self, images: list[XrayImage], operating_point: str | None = None, *, batch_size: int = 16,
+                    predict_rejected: bool = False) -> list[Screened]:
+        """Verdict and prediction for each film, the guard's features and the logit from one pass.
+
+        The model-free checks run first; films they refuse are not run through the network
+        unless ``predict_rejected`` (the "analyse anyway" path).
+        """
+        name, thr = self.threshold(operating_point)
+        reasons = [model_free_reason(im) for im in images]
+        preds: list[Prediction | None] = [None] * len(images)
+        run = [i for i, r in enumerate(reasons) if r is None or predict_rejected]
+        taps = self.guard.taps if self.guard is not None else ()
+        for start in range(0, len(run), batch_size):
+            idx = run[start:start + batch_size]
+            pixels = [images[i].pixels for i in idx]
+            logits, feats = self.forward(pixels, taps)
+            probs = sigmoid(logits / self.temperature)
+            scores = None
+            if self.guard is not None:
+                feats[LAYOUT] = layout(pixels, self.card["input"])
+                scores = self.guard.scores(feats)
+            for j, i in enumerate(idx):
+                p, im = float(probs[j]), images[i]
+                preds[i] = Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
+                                      tuple(im.warnings) + clinical_warnings(im, p, thr, self.temperature))
+                if reasons[i] is None and scores is not None:
+                    reasons[i] = self.guard.reason(im, float(scores[j]))
+        return [Screened(r, p) for r, p in zip(reasons, preds)]
+
+    def check_many(self, images: list[XrayImage], *, batch_size: int = 16) -> list[str | None]:
+        """For each film, a one-line reason it is outside validated use, or None to analyse it."""
+        return [s.reason for s in self.screen_many(images, batch_size=batch_size)]
+
+    def check(self, image: XrayImage) -> str | None:
+        """The whole check (model-free checks, then this model's guard if it has one): a reason, or None."""
+        return self.check_many([image])[0]
 
     def predict(self, image: XrayImage, operating_point: str | None = None) -> Prediction:
         return self.predict_many([image], operating_point)[0]
@@ -149,16 +207,16 @@ def predict_files(predictor: Predictor, paths: Iterable[str | Path], operating_p
             yield Record(shown, "error", message=f"Cannot open the file ({exc.strerror or 'I/O error'}).",
                          model_version=predictor.version)
             continue
-        reason = rejection_reason(image)
-        if reason and not allow_rejected:
-            yield Record(shown, "rejected", message=f"Not analysed: {reason}", model_version=predictor.version,
-                         threshold=thr, operating_point=name)
-            continue
         try:
-            pred = predictor.predict(image, name)
+            screened = predictor.screen_many([image], name, predict_rejected=allow_rejected)[0]
         except (PneumoError, ValueError, RuntimeError) as exc:   # a model failure on one film must not stop a batch
             yield Record(shown, "error", message=f"The model could not analyse this film ({type(exc).__name__}).",
                          model_version=predictor.version)
+            continue
+        reason, pred = screened.reason, screened.prediction
+        if reason and not allow_rejected:
+            yield Record(shown, "rejected", message=f"Not analysed: {reason}", model_version=predictor.version,
+                         threshold=thr, operating_point=name, warnings=tuple(image.warnings))
             continue
         yield Record(shown, "ok", pred.probability, pred.label, pred.threshold, pred.model_version,
                      message=("Outside validated use: " + reason) if reason else "",
