@@ -1,4 +1,4 @@
-"""python -m pneumo_core {predict,evaluate,train,explain,calibrate} — the app's features, scriptable.
+"""python -m pneumo_core {predict,evaluate,train,explain,calibrate,fit-guard} — the app's features, scriptable.
 
 Exit codes: 0 success (for predict: every file got a record), 1 no model could
 be loaded (or the job failed), 2 bad usage.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ModelLoadError, PneumoError
+from .registry_cli import add_registry_commands
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -115,13 +116,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import encode_png, explain, overlay
-    from .guard import rejection_reason
     from .io import read_xray
     from .model import atomic_write_bytes
 
     predictor = _predictor(args.model)
     image = read_xray(args.file, name=Path(args.file).name)
-    reason = rejection_reason(image)
+    reason = predictor.check(image)
     if reason and not args.analyse_anyway:
         _err(f"Not analysed: {reason} (use --analyse-anyway to override).")
         return EXIT_FAIL
@@ -131,6 +131,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(json.dumps({"file": args.file, "probability": p.probability, "label": p.label, "threshold": p.threshold,
                       "operating_point": p.operating_point, "model_version": p.model_version,
                       "method": exp.method, "target": exp.target, "out": args.out}))
+    return EXIT_OK
+
+
+def cmd_fit_guard(args: argparse.Namespace) -> int:
+    from .data import discover_splits
+    from .ood import fit_guard
+
+    if not 0 < args.false_rejection < 0.5:
+        _err("--false-rejection must be between 0 and 0.5.")
+        return EXIT_USAGE
+    try:
+        discover_splits(args.data)
+    except FileNotFoundError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    info = fit_guard(args.model, args.data, false_rejection=args.false_rejection, copies=args.copies,
+                     max_train=args.max_train, max_eval=args.max_eval, negatives=not args.no_negatives,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    neg = info["negative_rejection"]
+    summary = {"threshold": info["threshold"], "false_rejection": info["false_rejection"],
+               "negative_rejection": {k: neg[k] for k in ("rate", "rejected", "n", "per_category", "missed")}
+               if neg else None, "sha256": info["sha256"]}
+    print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
@@ -190,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity")
     p.add_argument("--analyse-anyway", action="store_true")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("fit-guard", help="fit the out-of-distribution guard of a model folder; record it in the card")
+    p.add_argument("--model", required=True, help="model folder (its weights are not changed)")
+    p.add_argument("--data", required=True, help="folder with train/ and val/ [test/ external/] (NORMAL/ + PNEUMONIA/)")
+    p.add_argument("--false-rejection", type=float, default=0.005,
+                   help="share of validation films (and augmented copies) the threshold may refuse (default 0.005)")
+    p.add_argument("--copies", type=int, default=1, help="augmented copies of each film added when fitting")
+    p.add_argument("--max-train", type=int, help="fit on at most this many training films")
+    p.add_argument("--max-eval", type=int, help="measure false rejections on at most this many films per split")
+    p.add_argument("--no-negatives", action="store_true", help="skip measuring the built-in non-chest images")
+    p.set_defaults(func=cmd_fit_guard)
+    add_registry_commands(sub)        # models list|promote|rollback, jobs start|status|cancel
     return ap
 
 

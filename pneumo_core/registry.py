@@ -1,15 +1,39 @@
-"""Model versions on disk. ``weights/`` holds one folder per version and a file ``ACTIVE``
-naming the one in use; the pointer is replaced atomically."""
+"""Model versions on disk.
+
+``weights/`` (or ``$PNEUMO_WEIGHTS_DIR``) holds one folder per version (weights, ``card.json``,
+``evaluation/``) and a file ``ACTIVE`` naming the one in use. Changing the active model is one
+atomic rename of ``ACTIVE``; the versions that were active before are kept, newest last, in
+``active_history.json`` (also replaced atomically), which is what ``rollback`` walks back through.
+Promote and rollback hold a file lock, so two people clicking at once cannot interleave.
+
+Folders whose name starts with a dot (``.jobs``, ``.incoming-*``) are never versions.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
-from .errors import ModelLoadError
-from .model import CARD_FILE, atomic_write_bytes
+from filelock import FileLock
+
+from .errors import ModelLoadError, PneumoError
+from .model import CARD_FILE, WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, read_card, sha256_file
 
 ACTIVE_FILE = "ACTIVE"
+HISTORY_FILE = "active_history.json"
+LOCK_FILE = ".registry.lock"
+HISTORY_KEEP = 50
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class RegistryError(PneumoError, ValueError):
+    """A promote, rollback or add that cannot be done (unknown version, nothing to roll back to, ...)."""
 
 
 def weights_root() -> Path:
@@ -18,8 +42,29 @@ def weights_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
 
 
+def _root(root: str | Path | None) -> Path:
+    return Path(root) if root else weights_root()
+
+
+def _lock(root: Path) -> FileLock:
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(root / LOCK_FILE), timeout=30)
+
+
+def is_version_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+def active_name(root: str | Path | None = None) -> str | None:
+    """The name written in ACTIVE, or None when there is no pointer."""
+    try:
+        return (_root(root) / ACTIVE_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def active_model_dir(root: str | Path | None = None) -> Path:
-    root = Path(root) if root else weights_root()
+    root = _root(root)
     pointer = root / ACTIVE_FILE
     try:
         name = pointer.read_text().strip()
@@ -32,7 +77,182 @@ def active_model_dir(root: str | Path | None = None) -> Path:
 
 
 def set_active(version: str, root: str | Path | None = None) -> None:
-    root = Path(root) if root else weights_root()
-    if not (root / version / CARD_FILE).is_file():
+    """Point ACTIVE at ``version`` (no history, no checks beyond the card): prefer ``promote``."""
+    root = _root(root)
+    if not is_version_name(version) or not (root / version / CARD_FILE).is_file():
         raise ModelLoadError(f"No model version {version!r} in {root}.")
     atomic_write_bytes(root / ACTIVE_FILE, (version + "\n").encode())
+
+
+# --------------------------------------------------------------------------- integrity
+
+def verify_version(folder: str | Path) -> dict[str, Any]:
+    """The card of a complete, untampered version; ModelLoadError (clear message) otherwise."""
+    folder = Path(folder)
+    card = read_card(folder)
+    weights = folder / (card.get("weights") or {}).get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelLoadError(f"The model {folder.name} has no weights file.")
+    expected = (card.get("weights") or {}).get("sha256")
+    if not expected:
+        raise ModelLoadError(f"The card of model {folder.name} records no sha256 for its weights.")
+    if sha256_file(weights) != expected:
+        raise ModelLoadError(
+            f"The weights of model {card.get('version', folder.name)} do not match their card "
+            f"(sha256 differs): the file was changed or truncated. Refusing to use it.")
+    return card
+
+
+# --------------------------------------------------------------------------- listing
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    active: bool
+    card: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    problem: str | None = None           # unreadable card, missing or tampered weights
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", self.name))
+
+    @property
+    def created(self) -> str:
+        return str(self.card.get("created", ""))
+
+    @property
+    def init(self) -> str:
+        init = self.card.get("initialisation") or {}
+        kind = init.get("kind", "?")
+        return f"fine-tune of {init['parent_version']}" if kind == "checkpoint" and init.get("parent_version") else kind
+
+    def metric(self, split: str, name: str = "auc", op: str = "balanced") -> tuple[float | None, list | None]:
+        """(value, 95% CI) of ``name`` on ``split`` at ``op`` from the card's metrics."""
+        summary = ((self.card.get("metrics") or {}).get(split) or {}).get(op) or {}
+        value = summary.get(name)
+        return (float(value) if value is not None else None), (summary.get("ci95") or {}).get(name)
+
+
+def list_versions(root: str | Path | None = None, *, verify: bool = False) -> list[VersionInfo]:
+    """Every version folder, newest first by creation time; ``verify`` also checks each weights' sha256."""
+    root = _root(root)
+    current = active_name(root)
+    out = []
+    if not root.is_dir():
+        return out
+    for folder in root.iterdir():
+        if not folder.is_dir() or not is_version_name(folder.name) or not (folder / CARD_FILE).exists():
+            continue
+        card: dict[str, Any] = {}
+        problem = None
+        try:
+            card = read_card(folder)
+            if verify:
+                verify_version(folder)
+            elif not (folder / (card.get("weights") or {}).get("file", WEIGHTS_FILE)).is_file():
+                problem = "The weights file is missing."
+        except ModelLoadError as exc:
+            problem = str(exc)
+        out.append(VersionInfo(folder.name, folder.name == current, card, problem))
+    return sorted(out, key=lambda v: (v.created, v.name), reverse=True)
+
+
+# --------------------------------------------------------------------------- history, promote, rollback
+
+def read_history(root: str | Path | None = None) -> dict[str, Any]:
+    """``{"previous": [older ... newest], "events": [...]}``; empty when absent or unreadable."""
+    try:
+        data = json.loads((_root(root) / HISTORY_FILE).read_text())
+        if isinstance(data, dict) and isinstance(data.get("previous"), list):
+            return {"previous": [str(v) for v in data["previous"]], "events": list(data.get("events") or [])}
+    except (OSError, ValueError):
+        pass
+    return {"previous": [], "events": []}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _switch(root: Path, target: str, previous: list[str], action: str, current: str | None) -> None:
+    history = read_history(root)
+    history["previous"] = previous[-HISTORY_KEEP:]
+    history["events"] = (history["events"] + [{"time": _now(), "action": action, "from": current,
+                                               "to": target}])[-HISTORY_KEEP:]
+    # History first, pointer last: if we die in between, ACTIVE is unchanged and rollback skips
+    # history entries equal to the current version.
+    atomic_write_json(root / HISTORY_FILE, history)
+    atomic_write_bytes(root / ACTIVE_FILE, (target + "\n").encode())
+
+
+def promote(version: str, root: str | Path | None = None) -> str | None:
+    """Make ``version`` active after checking it is complete and untampered. Returns the previous active."""
+    root = _root(root)
+    if not is_version_name(version) or not (root / version).is_dir():
+        raise RegistryError(f"No model version {version!r} in {root}.")
+    verify_version(root / version)
+    with _lock(root):
+        current = active_name(root)
+        if current == version:
+            return current
+        previous = read_history(root)["previous"]
+        if current and (root / current / CARD_FILE).is_file():
+            previous = [v for v in previous if v not in (current, version)] + [current]
+        _switch(root, version, previous, "promote", current)
+        return current
+
+
+def rollback(root: str | Path | None = None) -> str:
+    """Make the most recent previous active version (that is still complete and intact) active again."""
+    root = _root(root)
+    with _lock(root):
+        current = active_name(root)
+        previous = read_history(root)["previous"]
+        skipped = []
+        while previous:
+            candidate = previous.pop()
+            if candidate == current or not is_version_name(candidate):
+                continue
+            try:
+                verify_version(root / candidate)
+            except ModelLoadError as exc:
+                skipped.append(f"{candidate} ({exc})")
+                continue
+            _switch(root, candidate, previous, "rollback", current)
+            return candidate
+        why = f" Skipped: {'; '.join(skipped)}." if skipped else ""
+        raise RegistryError(f"Nothing to roll back to: no earlier active model is recorded.{why}")
+
+
+# --------------------------------------------------------------------------- adding a version
+
+def add_version(model_dir: str | Path, root: str | Path | None = None) -> str:
+    """Move a finished model folder into the registry as a new, non-active version; returns its name.
+
+    The folder is named after the card's version (suffixed when taken) and arrives in one rename
+    (staged beside the registry first when it comes from another file system).
+    """
+    root = _root(root)
+    src = Path(model_dir)
+    card = verify_version(src)
+    base = str(card.get("version") or src.name)
+    base = base if is_version_name(base) else re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip(".-") or "model"
+    with _lock(root):
+        for stale in root.glob(".incoming-*"):         # left by a process killed mid-copy
+            shutil.rmtree(stale, ignore_errors=True)
+        name, n = base, 2
+        while (root / name).exists():
+            name, n = f"{base}-{n}", n + 1
+        if name != card.get("version"):
+            atomic_write_json(src / CARD_FILE, {**card, "version": name})
+        try:
+            os.replace(src, root / name)
+        except OSError:                                 # another file system: copy, then rename
+            staging = root / f".incoming-{name}"
+            try:
+                shutil.copytree(src, staging)
+                os.replace(staging, root / name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(src, ignore_errors=True)
+    return name

@@ -19,7 +19,7 @@ from . import evaluate as ev
 from .data import discover_splits, list_labelled
 from .errors import UnreadableImageError
 from .io import read_xray
-from .model import CARD_FILE, atomic_write_json, read_card
+from .model import CARD_FILE, atomic_write_json, load_model, read_card
 from .predict import Predictor
 
 EVAL_DIR = "evaluation"
@@ -77,12 +77,24 @@ def evaluate_folder(predictor: Predictor, folder: str | Path, operating_point: s
     return out
 
 
+def evaluate_points(predictor: Predictor, folder: str | Path, *, n_boot: int = 1000) -> dict[str, Any]:
+    """Summaries (metrics with 95% CIs) at each of the model's operating points on one labelled folder,
+    scoring the films once; the model's own temperature and thresholds are used."""
+    scores = score_folder(predictor, folder)
+    probs = ev.sigmoid(scores.logits / predictor.temperature)
+    out: dict[str, Any] = {name: _summary(ev.report(scores.labels, probs, thr, n_boot=n_boot))
+                           for name, thr in predictor.operating_points().items()}
+    return out
+
+
 def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int = 1000,
-                    log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Fit temperature + operating points, evaluate every split, update the card in place (atomically)."""
+                    log: Callable[[str], None] = lambda s: None, device: Any = "cpu") -> dict[str, Any]:
+    """Fit temperature + operating points, evaluate every split, update the card in place (atomically).
+
+    ``device``: where the model scores the films (a training job passes its GPU)."""
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    predictor = Predictor.from_dir(model_dir)
+    predictor = Predictor(load_model(model_dir, device=device))
     folders = discover_splits(data_dir)
     scores = {}
     for split in ("val", "test", "external"):

@@ -54,11 +54,20 @@ def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
     from pneumo_core.train import TrainConfig, fit
     from pneumo_core.validation import calibrate_model
 
+    import torch
+
     out = tmp_path_factory.mktemp("models") / "tiny"
     cfg = TrainConfig(epochs=2, batch_size=8, image_size=32, lr=3e-3, device="cpu", bf16=False,
                       channels_last=False, workers=1, ema_decay=0.9)
-    fit(synthetic_data, out, cfg)
-    calibrate_model(out, synthetic_data, n_boot=50)
+    threads = torch.get_num_threads()
+    # One thread: a 32 px model gains nothing from more, and on a busy machine OpenMP threads waiting for
+    # each other cost several times the CPU (measured: fit + calibrate 29 s of CPU with 2 threads, 6.4 s with 1).
+    torch.set_num_threads(1)
+    try:
+        fit(synthetic_data, out, cfg)
+        calibrate_model(out, synthetic_data, n_boot=50)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

@@ -1,0 +1,720 @@
+"""Training jobs that run in their own process, independent of whoever started them.
+
+A job is a folder ``<jobs root>/<id>/`` (default ``weights/.jobs/``, or ``$PNEUMO_JOBS_DIR``):
+
+    spec.json     what to do (data folder, base model, training config), written once by the launcher
+    worker.json   the worker's pid and process start time, written once by the launcher
+    state.json    status, phase, per-epoch progress, message, result; written (atomically) by the worker
+    log.txt       the worker's output (kept whatever happens)
+    cancel        present once someone asked to cancel
+    upload/ view/ model/   temporary data and the model being built; removed when the job ends
+
+Because everything is on disk, a job survives Streamlit reruns, page changes and browser refreshes,
+and every user sees it. One job at a time: the launcher refuses while a job is alive, and the worker
+holds ``.train.lock`` (an OS file lock, released by the kernel if the worker is killed, so a stale
+lock never blocks the next job). Whoever looks at a job whose worker died (killed, crashed) marks it
+failed and removes its temporary data; the registry is untouched because a new version enters it in
+one rename at the very end.
+
+Cancel: the ``cancel`` file is polled by the worker (between epochs, and every half second by a
+thread that then interrupts the work); if the worker does not end, observers send SIGTERM, then
+SIGKILL, to its process group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from filelock import FileLock, Timeout
+
+from .datacheck import DatasetError, DatasetReport, remove_tree, validate_dataset
+from .errors import ModelLoadError, PneumoError
+from .model import atomic_write_json, read_card
+from .registry import active_model_dir, add_version, verify_version, weights_root
+
+SPEC, STATE, WORKER, CANCEL, LOG = "spec.json", "state.json", "worker.json", "cancel", "log.txt"
+TRAIN_LOCK, LAUNCH_LOCK, UPLOADS = ".train.lock", ".launch.lock", ".uploads"
+TEMP_DIRS = ("upload", "view", "model")
+TERMINAL = ("succeeded", "failed", "cancelled")
+BASES = ("active", "imagenet", "scratch")
+START_GRACE_S = 60.0         # a job with no worker record after this long never started
+CANCEL_TERM_S = 15.0         # cancel file this old and the worker still alive: SIGTERM
+CANCEL_KILL_S = 60.0         # ... this old: SIGKILL
+WORKER_NICE = 5              # training yields the CPU to people using the app ($PNEUMO_JOB_NICE overrides)
+UNCHANGED = "The active model is unchanged."
+_CHILDREN: dict[str, subprocess.Popen] = {}      # workers this process started (reaped when polled)
+
+# Reference training throughput of DenseNet-121 at 224 px, used until this machine has measured its own:
+# 2 CPU cores ~12 img/s (~40 img/s at 128 px), an H100 ~1,500 img/s with GPU-side augmentation.
+CPU_REF_IMG_S_224_PER_2_CORES = 12.0
+GPU_REF_IMG_S_224 = 1500.0
+
+
+class JobError(PneumoError, RuntimeError):
+    """A job that cannot be started or found; the message says why."""
+
+
+class JobBusyError(JobError):
+    """Another training job is running (one at a time)."""
+
+
+class CancelRequested(KeyboardInterrupt):
+    """Raised inside the worker by SIGTERM; a KeyboardInterrupt so broad ``except Exception`` passes it on."""
+
+
+def jobs_root() -> Path:
+    env = os.environ.get("PNEUMO_JOBS_DIR")
+    return Path(env) if env else weights_root() / ".jobs"
+
+
+def _root(root: str | Path | None) -> Path:
+    return Path(root) if root else jobs_root()
+
+
+_LOCKS: dict[str, FileLock] = {}
+
+
+def _launch_lock(root: Path) -> FileLock:
+    """One lock object per jobs root and process: re-entrant within a thread (start_job reconciles while
+    holding it), exclusive between threads and processes."""
+    key = str(root.resolve() / LAUNCH_LOCK)
+    if key not in _LOCKS:
+        _LOCKS[key] = FileLock(key, timeout=30)
+    return _LOCKS[key]
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- a job as seen from outside
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    dir: Path
+    state: Mapping[str, Any]
+    spec: Mapping[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.state.get("status", "unknown"))
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.state.get("history") or [])
+
+    @property
+    def epochs(self) -> int:
+        return int((self.spec.get("config") or {}).get("epochs") or 0)
+
+    @property
+    def message(self) -> str:
+        return str(self.state.get("message") or "")
+
+    @property
+    def version(self) -> str | None:
+        return self.state.get("version")
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / LOG
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 64 * 1024))
+                return "\n".join(fh.read().decode("utf-8", "replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _load(job_dir: Path) -> Job:
+    return Job(job_dir.name, job_dir, _read_json(job_dir / STATE), _read_json(job_dir / SPEC))
+
+
+def get_job(job_id: str, root: str | Path | None = None) -> Job:
+    job_dir = _root(root) / job_id
+    if not job_id or job_id.startswith(".") or "/" in job_id or not (job_dir / SPEC).is_file():
+        raise JobError(f"No training job {job_id!r}.")
+    return _reconcile(job_dir)
+
+
+def list_jobs(root: str | Path | None = None, limit: int = 20) -> list[Job]:
+    """Newest first (ids sort by start time)."""
+    root = _root(root)
+    if not root.is_dir():
+        return []
+    dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / SPEC).is_file()),
+                  key=lambda p: p.name, reverse=True)
+    return [_reconcile(p) for p in dirs[:limit]]
+
+
+def running_job(root: str | Path | None = None) -> Job | None:
+    return next((j for j in list_jobs(root, limit=50) if not j.finished), None)
+
+
+def latest_job(root: str | Path | None = None) -> Job | None:
+    jobs = list_jobs(root, limit=1)
+    return jobs[0] if jobs else None
+
+
+# --------------------------------------------------------------------------- liveness and reconciliation
+
+def _proc_info(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc, or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ("?", 0)
+    rest = stat[stat.rindex(")") + 2:].split()
+    return rest[0], int(rest[19])
+
+
+def _alive(job_id: str, pid: int, start: int | None) -> bool:
+    proc = _CHILDREN.get(job_id)
+    if proc is not None and proc.poll() is not None:           # ours, and it ended: reaped
+        _CHILDREN.pop(job_id, None)
+        return False
+    if not Path("/proc/self/stat").exists():                   # not Linux: signal 0 is all we have
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    info = _proc_info(pid)
+    if info is None or info[0] in ("Z", "X"):
+        return False
+    return not start or not info[1] or info[1] == start          # a different start: the pid was reused
+
+
+def _worker_alive(job_dir: Path) -> bool | None:
+    """True/False, or None when the launcher has not recorded a worker (yet)."""
+    worker = _read_json(job_dir / WORKER)
+    if not worker.get("pid"):
+        return None
+    return _alive(job_dir.name, int(worker["pid"]), worker.get("start"))
+
+
+def _signal_group(job_dir: Path, sig: int) -> None:
+    worker = _read_json(job_dir / WORKER)
+    pid = int(worker.get("pid") or 0)
+    if pid > 1 and _alive(job_dir.name, pid, worker.get("start")):
+        try:
+            os.killpg(pid, sig)        # the worker leads its own session: its process group is its pid
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _reconcile(job_dir: Path) -> Job:
+    """The job's state, after marking it ended if its worker is gone, and escalating a stuck cancel."""
+    job = _load(job_dir)
+    if job.finished:
+        return job
+    alive = _worker_alive(job_dir)
+    if alive or (alive is None and _age(job_dir / SPEC) < START_GRACE_S):
+        cancel = job_dir / CANCEL
+        if alive and cancel.exists():
+            age = _age(cancel)
+            if age > CANCEL_KILL_S:
+                _signal_group(job_dir, signal.SIGKILL)
+            elif age > CANCEL_TERM_S:
+                _signal_group(job_dir, signal.SIGTERM)
+        return job
+    with _launch_lock(job_dir.parent):
+        job = _load(job_dir)                                   # the worker may have just finished
+        if job.finished:
+            return job
+        state = dict(job.state)
+        if (job_dir / CANCEL).exists():
+            state.update(status="cancelled", message=f"Cancelled (the training process was stopped). {UNCHANGED}")
+        elif alive is None:
+            state.update(status="failed", message=f"The training process never started. {UNCHANGED}")
+        else:
+            state.update(status="failed", message=f"The training process stopped unexpectedly (it was killed or "
+                                                  f"crashed) during {state.get('phase') or 'start-up'}. {UNCHANGED} "
+                                                  f"See the log.")
+        state.update(phase="ended", finished=_now())
+        _remove_temp(job_dir)
+        atomic_write_json(job_dir / STATE, state)
+        return _load(job_dir)
+
+
+def _remove_temp(job_dir: Path) -> None:
+    for name in TEMP_DIRS:
+        remove_tree(job_dir / name)
+    for partial in job_dir.glob(".model.partial-*"):            # fit()'s staging, if killed mid-save
+        remove_tree(partial)
+
+
+# --------------------------------------------------------------------------- starting and cancelling
+
+_CONFIG_FIELDS = {"epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "image_size", "dropout", "augment",
+                  "mixup_alpha", "ema_decay", "seed", "device", "bf16", "channels_last", "compile", "val_fraction",
+                  "max_images", "workers"}
+
+
+def default_config(base: str, root: str | Path | None = None) -> dict[str, Any]:
+    """Sensible starting hyperparameters for a base ('active' fine-tunes gently; the others train longer)."""
+    cfg: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 3e-4, "image_size": 224, "augment": "strong",
+                           "mixup_alpha": 0.2, "seed": 0, "device": "auto", "max_images": None}
+    if base == "active":
+        try:
+            cfg["image_size"] = int(read_card(active_model_dir(root))["input"]["size"])
+        except (ModelLoadError, KeyError, TypeError, ValueError):
+            pass
+    elif base == "imagenet":
+        cfg.update(epochs=15, lr=1e-3)
+    else:
+        cfg.update(epochs=30, lr=1e-3)
+    return cfg
+
+
+def _check_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    from .train import TrainConfig
+
+    unknown = set(config) - _CONFIG_FIELDS
+    if unknown:
+        raise JobError(f"Unknown training setting(s): {', '.join(sorted(unknown))}.")
+    cfg = {k: v for k, v in config.items() if v is not None or k == "max_images"}
+    try:
+        TrainConfig(**cfg)
+    except TypeError as exc:
+        raise JobError(f"Invalid training settings: {exc}") from exc
+    checks = (("epochs", 1, 1000), ("batch_size", 2, 4096), ("image_size", 32, 1024))
+    for key, lo, hi in checks:
+        if key in cfg and not (isinstance(cfg[key], int) and lo <= cfg[key] <= hi):
+            raise JobError(f"{key.replace('_', ' ')} must be a whole number from {lo} to {hi}.")
+    if "lr" in cfg and not (0 < float(cfg["lr"]) < 1):
+        raise JobError("The learning rate must be between 0 and 1.")
+    if cfg.get("device") not in (None, "auto", "cpu", "cuda"):
+        raise JobError("device must be auto, cpu or cuda.")
+    if cfg.get("max_images") is not None and int(cfg["max_images"]) < 4:
+        raise JobError("The cap on films per split must be at least 4.")
+    return cfg
+
+
+def new_upload_dir(root: str | Path | None = None) -> Path:
+    """A fresh folder for an uploaded archive, beside the jobs (same file system: a job adopts it by rename)."""
+    path = _root(root) / UPLOADS / f"{_stamp()}-{secrets.token_hex(4)}"
+    path.mkdir(parents=True)
+    return path
+
+
+def remove_stale_uploads(root: str | Path | None = None, max_age_s: float = 6 * 3600) -> None:
+    """Uploads that no job adopted (the session that made them ended) are removed after ``max_age_s``."""
+    folder = _root(root) / UPLOADS
+    try:
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if _age(p) > max_age_s:
+                remove_tree(p)
+    except OSError:
+        pass
+
+
+def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str, Any] | None = None,
+              report: DatasetReport | None = None, upload_dir: str | Path | None = None, bootstrap: int = 1000,
+              root: str | Path | None = None, weights: str | Path | None = None) -> Job:
+    """Check the data and the request, then start a worker process; returns at once.
+
+    ``upload_dir``: a folder from ``new_upload_dir`` holding ``data_dir``; the job takes it over and
+    removes it when it ends. Raises DatasetError (bad data), JobBusyError (a job is running),
+    JobError / ModelLoadError (bad request, no or tampered base model).
+    """
+    root = _root(root)
+    weights = Path(weights) if weights else weights_root()
+    data_dir = Path(data_dir).resolve()
+    if base not in BASES:
+        raise JobError(f"base must be one of {', '.join(BASES)}.")
+    cfg = _check_config({**default_config(base, weights), **(config or {})})
+    report = report if report is not None and Path(report.root).resolve() == data_dir else validate_dataset(data_dir)
+    if not report.ok:
+        raise DatasetError(" ".join(report.problems))
+    base_info: dict[str, Any] = {"kind": base}
+    if base == "active":
+        folder = active_model_dir(weights)
+        card = verify_version(folder)             # never fine-tune tampered weights
+        base_info.update(path=str(folder.resolve()), version=card.get("version", folder.name))
+    else:
+        try:
+            folder = active_model_dir(weights)
+            base_info["compare_with"] = {"path": str(folder.resolve()),
+                                         "version": read_card(folder).get("version", folder.name)}
+        except ModelLoadError:
+            pass
+    root.mkdir(parents=True, exist_ok=True)
+    with _launch_lock(root):
+        busy = running_job(root)
+        if busy is not None:
+            raise JobBusyError(f"A training job ({busy.id}, started {busy.state.get('created', '?')}) is already "
+                               f"running; only one runs at a time. Wait for it to finish or cancel it.")
+        probe = FileLock(str(root / TRAIN_LOCK))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout as exc:
+            raise JobBusyError("A training process still holds the training lock; try again in a moment.") from exc
+        probe.release()
+        if upload_dir is not None:
+            upload_dir = Path(upload_dir).resolve()
+            if not data_dir.is_relative_to(upload_dir):
+                raise JobError("The data folder is not inside the uploaded archive's folder.")
+        job_id = f"{_stamp()}-{secrets.token_hex(3)}"
+        job_dir = root / job_id
+        job_dir.mkdir()
+        if upload_dir is not None:
+            os.replace(upload_dir, job_dir / "upload")
+            data_dir = job_dir / "upload" / data_dir.relative_to(upload_dir)
+        seconds, basis = estimate_seconds(report, cfg, device_kind(cfg.get("device", "auto")), root=root)
+        spec = {"id": job_id, "created": _now(), "data_dir": str(data_dir),
+                "estimate": {"seconds": round(seconds), "basis": basis},
+                "data_source": "upload" if upload_dir is not None else "server folder",
+                "data_name": "uploaded archive" if upload_dir is not None else data_dir.name,
+                "data": report.summary(), "base": base_info, "config": cfg, "bootstrap": int(bootstrap),
+                "weights_root": str(weights.resolve())}
+        atomic_write_json(job_dir / SPEC, spec)
+        atomic_write_json(job_dir / STATE, {"status": "starting", "phase": "starting", "created": spec["created"],
+                                            "history": [], "message": "Starting the training process…"})
+        try:
+            with open(job_dir / LOG, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "pneumo_core", "jobs", "worker", str(job_dir)],
+                    cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        except OSError as exc:
+            _remove_temp(job_dir)
+            atomic_write_json(job_dir / STATE, {"status": "failed", "phase": "ended", "created": spec["created"],
+                                                "finished": _now(), "history": [],
+                                                "message": f"The training process could not be started ({exc}). "
+                                                           f"{UNCHANGED}"})
+            raise JobError(f"The training process could not be started ({exc}).") from exc
+        _CHILDREN[job_id] = proc
+        info = _proc_info(proc.pid)
+        atomic_write_json(job_dir / WORKER, {"pid": proc.pid, "start": info[1] if info else None})
+    return _load(job_dir)
+
+
+def cancel_job(job_id: str, root: str | Path | None = None) -> Job:
+    """Ask a job to stop (it stops within about a second, before anything reaches the registry)."""
+    job = get_job(job_id, root)
+    if not job.finished:
+        (job.dir / CANCEL).touch()
+    return job
+
+
+# --------------------------------------------------------------------------- time estimate
+
+def device_kind(device: str = "auto") -> str:
+    """'cuda' or 'cpu': where a job with this device setting would train."""
+    import torch
+
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def measured_throughput(device_kind: str, image_size: int = 224,
+                        root: str | Path | None = None) -> tuple[float, int] | None:
+    """(training img/s, image size) measured by the newest job on this machine's ``device_kind`` at a size
+    within a factor of 1.5 of ``image_size`` (tiny images are overhead-bound: they do not scale)."""
+    for job in list_jobs(root, limit=20):
+        rows = [r.get("images_per_s") for r in job.history if r.get("images_per_s")]
+        size = int((job.spec.get("config") or {}).get("image_size") or 224)
+        if rows and job.state.get("device_kind") == device_kind and 1 / 1.5 <= size / image_size <= 1.5:
+            return float(sorted(rows)[len(rows) // 2]), size
+    return None
+
+
+def estimate_seconds(report: DatasetReport, config: Mapping[str, Any], device_kind: str, *,
+                     cpu_threads: int | None = None, root: str | Path | None = None) -> tuple[float, str]:
+    """Rough wall time of a job (decode, epochs with per-epoch evaluation, calibration, comparison) and
+    where the throughput figure came from."""
+    size = int(config.get("image_size") or 224)
+    measured = measured_throughput(device_kind, size, root)
+    if measured:
+        ips = measured[0] * (measured[1] / size) ** 2
+        basis = f"{measured[0]:.0f} img/s measured at {measured[1]} px by an earlier job on this machine"
+    elif device_kind == "cuda":
+        ips = GPU_REF_IMG_S_224 * (224 / size) ** 2
+        basis = f"a reference of {GPU_REF_IMG_S_224:.0f} img/s at 224 px on an H100"
+    else:
+        threads = cpu_threads or os.cpu_count() or 2
+        ips = CPU_REF_IMG_S_224_PER_2_CORES * (224 / size) ** 2 * max(1.0, threads / 2)
+        basis = (f"a reference of {CPU_REF_IMG_S_224_PER_2_CORES:.0f} img/s at 224 px per 2 CPU cores "
+                 f"({threads} cores here)")
+    cap = config.get("max_images")
+    clip = (lambda n: min(n, int(cap))) if cap else (lambda n: n)  # noqa: E731
+    counts = {s: sum(c.values()) for s, c in report.counts.items()}
+    carved = sum(report.carved_val().values())
+    n_train = clip(report.n_train)
+    n_val = clip(counts.get("val", carved))
+    n_ext = clip(counts.get("external", 0))
+    n_test = counts.get("test", 0)
+    epochs = int(config.get("epochs") or 10)
+    infer = ips * 3                                          # inference is ~3x faster than a training step
+    seconds = (15                                            # process start, imports, model build
+               + report.total / 400                          # decoding
+               + epochs * (n_train / ips + 2 * (n_val + n_ext) / infer)     # raw + averaged model each epoch
+               + 2 * (n_val + n_ext + n_test) / infer        # calibration and comparison with the active model
+               + 10)                                         # bootstrap CIs
+    return seconds, basis
+
+
+# --------------------------------------------------------------------------- the worker process
+
+class _CancelSwitch:
+    """Cancel requests reach the worker as a file (polled) or SIGTERM. The handler raises at most once,
+    and only while ``armed`` (inside the training/evaluation work), so it can never interrupt the
+    final bookkeeping; a request outside those windows is seen by ``check``."""
+
+    def __init__(self, job_dir: Path):
+        self.file = job_dir / CANCEL
+        self.requested = False
+        self.armed = False
+        self.raised = False
+        self._stop = threading.Event()
+
+    def should_stop(self) -> bool:
+        self.requested = self.requested or self.file.exists()
+        return self.requested
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise CancelRequested()
+
+    def on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+        if self.armed and not self.raised:
+            self.raised = True
+            raise CancelRequested()
+
+    def run(self, fn, *args, **kwargs):
+        self.check()
+        self.armed = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.armed = False
+
+    def watch(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(0.5):
+                if self.file.exists():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+        threading.Thread(target=loop, name="cancel-watch", daemon=True).start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_worker(job_dir: str | Path) -> int:
+    """The worker process's main: train, evaluate, compare, register. Exit 0 done, 1 failed, 3 cancelled."""
+    job_dir = Path(job_dir).resolve()
+    spec = _read_json(job_dir / SPEC)
+    state = _read_json(job_dir / STATE) or {"history": []}
+    if not spec:
+        _log(f"no job spec in {job_dir}")
+        return 1
+    lock = FileLock(str(job_dir.parent / TRAIN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        state.update(status="failed", phase="ended", finished=_now(),
+                     message=f"Another training job is running (it holds the training lock). {UNCHANGED}")
+        atomic_write_json(job_dir / STATE, state)
+        return 1
+    switch = _CancelSwitch(job_dir)
+    signal.signal(signal.SIGTERM, switch.on_sigterm)
+    switch.watch()
+    try:
+        os.nice(int(os.environ.get("PNEUMO_JOB_NICE", WORKER_NICE)))
+    except (OSError, ValueError):
+        pass
+
+    def save(**changes: Any) -> None:
+        state.update(changes)
+        atomic_write_json(job_dir / STATE, state)
+
+    save(status="running", phase="preparing data", started=_now(), pid=os.getpid(), message="")
+    outcome: tuple[str, str, int]
+    try:
+        try:
+            version = _work(job_dir, spec, state, save, switch)
+            outcome = ("succeeded", f"New model version {version} is ready (not active until promoted).", 0)
+            if switch.requested:
+                outcome = ("succeeded", f"The job finished before the cancel took effect: version {version} was "
+                                        f"added (not active).", 0)
+        except BaseException as exc:  # noqa: BLE001 - every ending is recorded
+            outcome = _outcome(exc)
+    except CancelRequested:                              # arrived while the outcome was being worked out
+        outcome = ("cancelled", f"Cancelled. {UNCHANGED}", 3)
+    switch.stop_watching()
+    status, message, rc = outcome
+    _remove_temp(job_dir)
+    save(status=status, phase="ended", finished=_now(), message=message)
+    _log(f"{status}: {message}")
+    lock.release()
+    return rc
+
+
+def _outcome(exc: BaseException) -> tuple[str, str, int]:
+    from .train import TrainingCancelled
+
+    if isinstance(exc, (CancelRequested, TrainingCancelled)):
+        return "cancelled", f"Cancelled. {UNCHANGED}", 3
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return "failed", f"The training process was interrupted. {UNCHANGED}", 1
+    traceback.print_exception(exc, file=sys.stdout)
+    if isinstance(exc, (PneumoError, FileNotFoundError, FileExistsError, ValueError)):
+        return "failed", f"Training failed: {exc} {UNCHANGED}", 1
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return "failed", f"Training ran out of memory: lower the batch size or image size. {UNCHANGED}", 1
+    return "failed", f"Training failed ({type(exc).__name__}); details are in the log. {UNCHANGED}", 1
+
+
+def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> str:
+    from .data import discover_splits
+    from .train import TrainConfig, _device_name, fit, pick_device
+    from .validation import calibrate_model
+
+    cfg_over = dict(spec["config"])
+    cfg_over.setdefault("workers", min(16, os.cpu_count() or 4))       # decoding threads
+    base = spec["base"]
+    if base["kind"] == "active":
+        verify_version(base["path"])
+        init = base["path"]
+    else:
+        init = base["kind"]
+    cfg = TrainConfig(**{**cfg_over, "init": init})
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise JobError("A GPU was asked for but none is available to the training process.")
+    save(device=_device_name(device), device_kind=device.type)
+    _log(f"job {spec['id']}: base {base.get('version') or base['kind']}, {cfg.epochs} epochs at "
+         f"{cfg.image_size} px on {state['device']}")
+
+    data = Path(spec["data_dir"])
+    splits = switch.run(discover_splits, data)
+    if "val" not in splits:
+        data = _view_with_val(data, job_dir / "view", cfg)
+
+    def progress(r) -> None:
+        row = {"epoch": r.epoch, "train_loss": r.train_loss, **r.metrics, "images_per_s": r.images_per_s,
+               "elapsed_s": r.elapsed_s, "eta_s": r.eta_s, "best": r.best}
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items())
+        _log(f"epoch {r.epoch}/{r.epochs}  loss={r.train_loss:.4f}  {metrics}  {r.images_per_s:.0f} img/s  "
+             f"eta {r.eta_s:.0f}s")
+        save(phase="training", history=state.get("history", []) + [row], eta_s=r.eta_s)
+
+    save(phase="decoding films and training")
+    model_dir = job_dir / "model"
+    switch.run(fit, data, model_dir, cfg, progress=progress, should_stop=switch.should_stop)
+    save(phase="evaluating", eta_s=None)
+    _log("calibrating and evaluating the new model")
+    n_boot = int(spec.get("bootstrap", 1000))
+    card = switch.run(calibrate_model, model_dir, data, n_boot=n_boot, log=_log, device=device)
+    compare = base if base["kind"] == "active" else base.get("compare_with")
+    comparison = switch.run(_compare, model_dir, card, data, compare, n_boot, device)
+    atomic_write_json(model_dir / "comparison.json", comparison)
+    switch.check()                                        # last point at which a cancel is honoured
+    save(phase="saving")
+    version = add_version(model_dir, spec["weights_root"])
+    save(version=version)
+    return version
+
+
+def _view_with_val(data: Path, view: Path, cfg) -> Path:
+    """Data without val/: a folder of links with a stratified validation split carved from train/
+    (the same split fit() would make), so calibration and evaluation have a val/ to use."""
+    from .data import discover_splits, list_labelled
+    from .model import LABELS
+    from .train import _split_val
+
+    splits = discover_splits(data)
+    train, val = _split_val(list_labelled(splits["train"]), cfg.val_fraction, cfg.seed)
+    for name, lf in (("train", train), ("val", val)):
+        for label in LABELS:
+            (view / name / label).mkdir(parents=True, exist_ok=True)
+        for f, y in zip(lf.files, lf.labels.tolist()):
+            os.symlink(f.resolve(), view / name / LABELS[y] / f.name)
+    for name in ("test", "external"):
+        if name in splits:
+            os.symlink(splits[name].resolve(), view / name, target_is_directory=True)
+    return view
+
+
+def _compare(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Mapping[str, Any] | None,
+             n_boot: int, device) -> dict[str, Any]:
+    """The new model and the model it would replace, on the same films: metrics with 95% CIs per split and
+    operating point (each model at its own thresholds)."""
+    from .data import discover_splits
+    from .model import load_model
+    from .predict import Predictor
+    from .validation import evaluate_points
+
+    folders = {s: p for s, p in discover_splits(data).items() if s in ("val", "test", "external")}
+    candidate = {s: (card.get("metrics") or {}).get(s) or {} for s in folders}
+    out: dict[str, Any] = {
+        "candidate_version": card.get("version"),
+        "active_version": (baseline or {}).get("version"),
+        "splits": {s: {"candidate": candidate[s]} for s in folders},
+        "calibrated_on": (card.get("calibration") or {}).get("fitted_on"),
+        "note": f"The new model's temperature, thresholds and epoch were chosen on "
+                f"{(card.get('calibration') or {}).get('fitted_on', 'val/')}, so its numbers there are optimistic; "
+                f"the active model's thresholds come from its own calibration.",
+    }
+    if baseline and baseline.get("path"):
+        try:
+            predictor = Predictor(load_model(baseline["path"], device=device))
+        except ModelLoadError as exc:
+            out["active_error"] = str(exc)
+            return out
+        for split, folder in folders.items():
+            _log(f"evaluating the active model on {split}/")
+            out["splits"][split]["active"] = evaluate_points(predictor, folder, n_boot=n_boot)
+    return out

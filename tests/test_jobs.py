@@ -1,0 +1,270 @@
+"""Background training jobs: real worker processes on tiny synthetic data (CPU, 32 px).
+
+Each test has its own weights folder (a copy of conftest's tiny model is the active version), so the
+registry can be checked before and after: a job adds a version and never changes ACTIVE; cancel and
+kill leave it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+from conftest import make_dataset, synthetic_film, write_png
+from pneumo_core import jobs, registry
+from pneumo_core.cli import main
+from pneumo_core.datacheck import DatasetError
+from pneumo_core.errors import ModelLoadError
+from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model
+
+FAST = dict(epochs=2, batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,
+            ema_decay=0.9, lr=3e-3)
+SLOW = {**FAST, "epochs": 200}          # long enough to be caught mid-run
+WAIT_S = 300                            # generous: the machine is shared
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("jobdata"), {"train": 20, "val": 5, "external": 5}, size=40, seed=4)
+
+
+@pytest.fixture()
+def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
+    root = tmp_path / "weights"
+    root.mkdir()
+    shutil.copytree(tiny_model_dir, root / "base")
+    card = json.loads((root / "base" / CARD_FILE).read_text())
+    card["version"] = "base"
+    (root / "base" / CARD_FILE).write_text(json.dumps(card))
+    (root / "ACTIVE").write_text("base\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    monkeypatch.delenv("PNEUMO_JOBS_DIR", raising=False)
+    worker_env(monkeypatch)
+    yield root
+    for job in jobs.list_jobs():                      # never leave a worker behind
+        if not job.finished:
+            jobs.cancel_job(job.id)
+            _kill(job)
+
+
+def worker_env(monkeypatch) -> None:
+    """Workers inherit this: one thread (a tiny model gains nothing from more, and on a shared machine
+    OpenMP threads waiting for each other burn CPU) and no extra niceness (they already inherit ours)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PNEUMO_JOB_NICE", "0")
+
+
+def _kill(job: jobs.Job) -> None:
+    pid = json.loads((job.dir / jobs.WORKER).read_text())["pid"]
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(job_id: str, until, timeout: float = WAIT_S, seen: list | None = None) -> jobs.Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = jobs.get_job(job_id)
+        if seen is not None:
+            seen.append((job.status, len(job.history)))
+        if until(job):
+            return job
+        if job.finished or time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} ended or timed out: {job.status} {job.message}\n{job.log_tail()}")
+        time.sleep(0.2)
+
+
+def registry_snapshot(root: Path) -> tuple:
+    return (sorted(p.name for p in root.iterdir() if not p.name.startswith(".")),
+            (root / "ACTIVE").read_text(), (root / "base" / WEIGHTS_FILE).read_bytes())
+
+
+def test_job_runs_to_completion_with_observable_progress(weights, data, capsys):
+    job = jobs.start_job(data, base="active", config=FAST, bootstrap=50)
+    assert job.status == "starting" and job.spec["base"]["version"] == "base"
+    seen: list = []
+    job = wait_for(job.id, lambda j: j.finished, seen=seen)
+    assert job.status == "succeeded", job.message + job.log_tail()
+    assert ("running", 0) in seen                                      # watched while it worked
+    assert [r["epoch"] for r in job.history] == [1, 2]
+    assert all(r["train_loss"] > 0 and "val_auc" in r and "external_auc" in r for r in job.history)
+    assert job.state["device_kind"] == "cpu"
+
+    version = job.version
+    folder = weights / version
+    assert registry.active_name(weights) == "base"                    # never activated by the job
+    assert {v.name: v.active for v in registry.list_versions(weights)} == {"base": True, version: False}
+    card = json.loads((folder / CARD_FILE).read_text())
+    assert card["initialisation"]["kind"] == "checkpoint" and card["initialisation"]["parent_version"] == "base"
+    assert {"val", "external"} <= set(card["metrics"])
+    assert (folder / "evaluation" / "val.json").is_file() and (folder / "evaluation" / "external.json").is_file()
+    comparison = json.loads((folder / "comparison.json").read_text())
+    assert comparison["active_version"] == "base" and comparison["candidate_version"] == version
+    for split in ("val", "external"):
+        both = comparison["splits"][split]
+        assert set(both) == {"active", "candidate"}
+        for who in both.values():
+            assert 0 <= who["balanced"]["auc"] <= 1 and len(who["balanced"]["ci95"]["auc"]) == 2
+    load_model(folder)                                                # complete and intact
+
+    assert not any((job.dir / d).exists() for d in jobs.TEMP_DIRS)   # temporary data removed
+    assert "epoch 2/2" in job.log_tail()
+    assert main(["jobs", "status"]) == 0                             # the CLI sees the same job
+    assert f"{job.id}  succeeded" in capsys.readouterr().out
+    FileLock(str(weights / ".jobs" / jobs.TRAIN_LOCK)).acquire(timeout=0).lock.release()   # lock released
+
+
+def test_second_job_is_refused_and_cancel_stops_the_first(weights, data):
+    before = registry_snapshot(weights)
+    job = jobs.start_job(data / "train", base="active", config=SLOW, bootstrap=50)   # no val/: a carved split
+    with pytest.raises(jobs.JobBusyError, match="already running"):
+        jobs.start_job(data, base="scratch", config=FAST)
+    wait_for(job.id, lambda j: len(j.history) >= 1)
+    assert (job.dir / "view" / "val" / "NORMAL").is_dir()            # the carved validation split
+    jobs.cancel_job(job.id)
+    t0 = time.monotonic()
+    job = wait_for(job.id, lambda j: j.finished, timeout=120)
+    assert job.status == "cancelled", job.message
+    assert time.monotonic() - t0 < 60
+    assert len(job.history) < SLOW["epochs"]
+    assert "unchanged" in job.message
+    assert registry_snapshot(weights) == before
+    assert not (job.dir / "view").exists() and job.log_path.stat().st_size > 0      # data gone, log kept
+
+
+def test_killed_worker_leaves_the_registry_consistent_and_the_lock_recoverable(weights, data, tmp_path, capsys):
+    before = registry_snapshot(weights)
+    job = jobs.start_job(data, base="active", config=SLOW, bootstrap=50)
+    wait_for(job.id, lambda j: len(j.history) >= 1)
+    _kill(job)                                                        # SIGKILL: no chance to clean up
+    job = wait_for(job.id, lambda j: j.finished, timeout=60)
+    assert job.status == "failed" and "stopped unexpectedly" in job.message and "unchanged" in job.message
+    assert registry_snapshot(weights) == before
+    assert not [p for p in weights.iterdir() if p.name.startswith(".incoming")]
+    assert not any((job.dir / d).exists() for d in jobs.TEMP_DIRS)
+
+    film = write_png(tmp_path / "film.png", synthetic_film(np.random.default_rng(2), True, 64))
+    capsys.readouterr()
+    assert main(["predict", "--json", str(film)]) == 0               # the active model is still served
+    record = json.loads(capsys.readouterr().out)
+    assert record["status"] == "ok" and record["model_version"] == "base"
+
+    again = jobs.start_job(data, base="scratch", config=FAST, bootstrap=50)   # the dead worker's lock is free
+    jobs.cancel_job(again.id)
+    assert wait_for(again.id, lambda j: j.finished, timeout=120).status == "cancelled"
+
+
+def test_worker_refuses_to_run_while_another_holds_the_training_lock(weights, data):
+    root = weights / ".jobs"
+    job_dir = root / "20990101-000000-abcdef"
+    job_dir.mkdir(parents=True)
+    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "data_dir": str(data), "config": FAST,
+                                                 "base": {"kind": "scratch"}, "weights_root": str(weights)}))
+    (job_dir / jobs.STATE).write_text(json.dumps({"status": "starting", "history": []}))
+    lock = FileLock(str(root / jobs.TRAIN_LOCK))
+    with lock.acquire(timeout=0):
+        assert jobs.run_worker(job_dir) == 1
+    state = json.loads((job_dir / jobs.STATE).read_text())
+    assert state["status"] == "failed" and "Another training job" in state["message"]
+
+
+def test_start_refuses_bad_requests_before_any_process_starts(weights, data, tmp_path):
+    few = make_dataset(tmp_path / "few", {"train": 4}, size=40)
+    with pytest.raises(DatasetError, match="Too few training films"):
+        jobs.start_job(few, config=FAST)
+    with pytest.raises(jobs.JobError, match="Unknown training setting"):
+        jobs.start_job(data, config={"epochs": 1, "learning_rate": 1})
+    with pytest.raises(jobs.JobError, match="epochs"):
+        jobs.start_job(data, config={**FAST, "epochs": 0})
+    with pytest.raises(jobs.JobError, match="base"):
+        jobs.start_job(data, base="yesterday", config=FAST)
+    weights_file = weights / "base" / WEIGHTS_FILE
+    weights_file.write_bytes(weights_file.read_bytes()[:-10])         # tampered base: never fine-tuned
+    with pytest.raises(ModelLoadError, match="sha256"):
+        jobs.start_job(data, base="active", config=FAST)
+    (weights / "ACTIVE").unlink()
+    with pytest.raises(ModelLoadError, match="No active model"):
+        jobs.start_job(data, base="active", config=FAST)
+    assert jobs.list_jobs() == []
+
+
+def test_a_dead_worker_is_noticed_by_whoever_looks(weights, data):
+    root = weights / ".jobs"
+    job_dir = root / "20990101-000000-dead00"
+    (job_dir / "upload").mkdir(parents=True)
+    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": FAST}))
+    (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": None}))
+    job = jobs.get_job(job_dir.name)
+    assert job.status == "failed" and "during training" in job.message
+    assert not (job_dir / "upload").exists()
+    assert jobs.running_job() is None
+
+
+def test_estimate_uses_reference_throughput_then_measured(weights, data):
+    from pneumo_core.datacheck import validate_dataset
+
+    report = validate_dataset(data)
+    cfg = {"epochs": 10, "image_size": 224}
+    cpu, basis = jobs.estimate_seconds(report, cfg, "cpu", cpu_threads=2)
+    assert "12 img/s at 224 px per 2 CPU cores" in basis
+    # 40 training films x 10 epochs at 12 img/s is 33 s of training alone
+    assert cpu > 40 * 10 / 12
+    gpu, _ = jobs.estimate_seconds(report, cfg, "cuda")
+    assert gpu < cpu
+    half, _ = jobs.estimate_seconds(report, {**cfg, "image_size": 112}, "cpu", cpu_threads=2)
+    assert half < cpu
+
+
+def test_the_job_path_imports_nothing_the_gpu_machine_lacks():
+    from test_boundaries import _run
+
+    out = _run("import pneumo_core.jobs, pneumo_core.registry_cli, pneumo_core.datacheck, pneumo_core.cli\n"
+               "from pneumo_core.predict import Predictor\nprint('ok')",
+               {"streamlit", "pydicom", "pytorch_grad_cam", "pylibjpeg"})
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_estimate_prefers_a_pace_measured_on_this_machine_at_a_similar_size(weights, data):
+    from pneumo_core.datacheck import validate_dataset
+
+    report = validate_dataset(data)
+    for job_id, size, pace in (("20990101-000000-000001", 224, 100.0), ("20990101-000000-000002", 32, 5000.0)):
+        job_dir = weights / ".jobs" / job_id
+        job_dir.mkdir(parents=True)
+        (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_id, "config": {"image_size": size}}))
+        (job_dir / jobs.STATE).write_text(json.dumps({"status": "succeeded", "device_kind": "cpu",
+                                                      "history": [{"epoch": 1, "images_per_s": pace}]}))
+    cfg = {"epochs": 10, "image_size": 224}
+    seconds, basis = jobs.estimate_seconds(report, cfg, "cpu", cpu_threads=2)
+    assert "100 img/s measured at 224 px" in basis                  # the 32 px job's pace does not scale up
+    reference, _ = jobs.estimate_seconds(report, cfg, "cuda")
+    assert seconds > 40 * 10 / 100 and reference < seconds
+
+
+def test_an_uploaded_archive_belongs_to_its_job_and_is_removed_when_it_ends(weights, data):
+    from pneumo_core.datacheck import extract_zip
+    from test_datacheck import zip_folder
+
+    upload = jobs.new_upload_dir()
+    root = extract_zip(zip_folder(data, "some-folder/"), upload)
+    job = jobs.start_job(root, base="scratch", config=SLOW, bootstrap=50, upload_dir=upload)
+    assert not upload.exists() and (job.dir / "upload" / "uploaded" / "train").is_dir()
+    assert job.spec["data_name"] == "uploaded archive" and "some-folder" not in json.dumps(job.spec)
+    jobs.cancel_job(job.id)
+    job = wait_for(job.id, lambda j: j.finished, timeout=120)
+    assert job.status == "cancelled" and not (job.dir / "upload").exists()
+    assert list((weights / ".jobs" / jobs.UPLOADS).iterdir()) == []
