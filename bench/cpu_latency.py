@@ -22,8 +22,7 @@ import torch  # noqa: E402
 
 from pneumo_core.explain import explain, overlay  # noqa: E402
 from pneumo_core.io import read_xray  # noqa: E402
-from pneumo_core.predict import Predictor  # noqa: E402
-from pneumo_core.registry import active_model_dir  # noqa: E402
+from bench.common import DATA, load_predictor  # noqa: E402
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -34,15 +33,11 @@ def percentile(xs: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model")
-    ap.add_argument("--films", default=str(Path(__file__).resolve().parents[2] / "shared/data/chest_xray/external/PNEUMONIA"))
+    ap.add_argument("--films", default=str(DATA / "external" / "PNEUMONIA"))
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model_dir = Path(args.model) if args.model else active_model_dir()
-    t = time.perf_counter()
-    predictor = Predictor.from_dir(model_dir)
-    load_s = time.perf_counter() - t
+    predictor, model_dir, load_s = load_predictor(args.model, args.threads)
     films = sorted(p for p in Path(args.films).iterdir() if p.is_file())[: args.n]
     if not films:
         sys.exit(f"no films in {args.films}")

@@ -1,4 +1,21 @@
+"""Predict: one or several films -> probability, label, Grad-CAM, warnings, metadata, PNG/PDF downloads."""
+
 import streamlit as st
 
+from appkit.films_ui import films_for, film_ui, uploads_ui
+from appkit.frame import require_app_frame
+from appkit.model import operating_point, require_model
+
+require_app_frame()
 st.title("Predict")
-st.info("This page is being built.")
+model = require_model()
+op = operating_point(model)
+
+uploads = uploads_ui("Chest films", key="predict_upload")
+if not uploads:
+    st.info("Upload one or several frontal chest radiographs (PNG, JPEG or DICOM; a file extension is not "
+            "needed). Files stay in memory for this session only.")
+    st.stop()
+
+for upload, film in zip(uploads, films_for("predict", model, uploads)):
+    film_ui(film, model, op, key=upload.sha[:16])

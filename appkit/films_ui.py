@@ -1,0 +1,135 @@
+"""Upload decoding and the result card for one film, shared by the Predict page and Triage's detail view."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Sequence
+
+import streamlit as st
+
+from pneumo_core.explain import METHODS, Explanation, overlay
+from pneumo_core.predict import Prediction
+
+from .analysis import MODEL_ERRORS, Film, Upload, decode
+from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
+from .model import ActiveModel
+from .report import pdf_report
+from .text import card_summary, fmt_pct, metadata_rows, op_description
+
+ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
+                 "layercam": "LayerCAM", "eigencam": "EigenCAM"}
+
+
+def uploads_ui(label: str, *, key: str, help: str | None = None) -> list[Upload]:
+    """Uploaded files as bytes in memory (type sniffed by the core, so no ``type=`` filter); duplicates once."""
+    files = st.file_uploader(label, accept_multiple_files=True, key=key, help=help or f"Accepted: {ACCEPTED}.")
+    uploads: dict[str, Upload] = {}
+    for f in files or []:
+        up = Upload.of(f.name, f.getvalue())
+        uploads.setdefault(up.sha, up)
+    if len(uploads) < len(files or []):
+        st.caption(f"{len(files) - len(uploads)} identical file(s) are shown once.")
+    return list(uploads.values())
+
+
+def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> list[Film]:
+    """Decoded films for these uploads, kept in this session only while they stay uploaded."""
+    key = f"_films_{namespace}"
+    model_key, cached = st.session_state.get(key) or (None, {})
+    if model_key != model.key:
+        cached = {}
+    films = {u.sha: cached.get(u.sha) or decode(u, model.predictor) for u in uploads}
+    st.session_state[key] = (model.key, films)
+    return [films[u.sha] for u in uploads]
+
+
+def cam_controls_ui(key: str) -> tuple[str, float]:
+    left, right = st.columns(2)
+    method = left.selectbox("Map method", METHODS, key=f"cam_method_{key}",
+                            format_func=lambda m: METHOD_LABELS.get(m, m))
+    alpha = right.slider("Map opacity", 0.0, 1.0, 0.4, 0.05, key=f"cam_alpha_{key}")
+    return method, alpha
+
+
+def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
+    """Error | rejection (with 'analyse anyway') | film, Grad-CAM, probability, warnings, metadata, downloads."""
+    with st.container(border=True):
+        st.markdown(f"##### {_escape(film.name)}")
+        if film.error:
+            st.error(f"**This file could not be read.** {film.error}", icon=":material/block:")
+            return
+        outside = None
+        if film.rejection:
+            st.error(f"**Rejected: this does not look like a chest film the model can assess.** {film.rejection}",
+                     icon=":material/report:")
+            if not st.checkbox("Analyse anyway (outside validated use)", key=f"force_{key}"):
+                st.image(to_uint8(shrink(film.image.pixels, 256)), caption="The uploaded image")
+                return
+            outside = film.rejection
+        col_film, col_cam, col_result = st.columns([1, 1, 1.1], gap="medium")
+        with col_cam:
+            cam_slot = st.empty()
+            method, alpha = cam_controls_ui(key)
+        try:
+            exp = film.explanation(model.predictor, method, op)
+            pred = film.prediction(model.predictor, op)
+        except MODEL_ERRORS as exc:
+            st.error(f"The model could not analyse this film ({type(exc).__name__}).")
+            return
+        shown = shrink(film.image.pixels, DISPLAY_SIDE)
+        col_film.image(to_uint8(shown), caption="Film", width="stretch")
+        cam_slot.image(overlay(shown, exp.normalised, alpha=alpha), width="stretch",
+                       caption=f"{METHOD_LABELS.get(method, method)} for pneumonia: a relative map "
+                               "(red = strongest evidence within this film), not a lesion outline")
+        with col_result:
+            result_ui(pred, model, outside)
+            warnings_ui(((f"Outside validated use: {outside}",) if outside else ()) + pred.warnings)
+            metadata_ui(film)
+            downloads_ui(film, exp, pred, model, alpha, outside, key)
+
+
+def result_ui(pred: Prediction, model: ActiveModel, outside: str | None) -> None:
+    st.metric("Probability of pneumonia", fmt_pct(pred.probability))
+    badges = f":{'red' if pred.label == 'PNEUMONIA' else 'green'}-badge[{pred.label}]"
+    if outside:
+        badges += " :orange-badge[Outside validated use]"
+    st.markdown(badges)
+    st.caption(f"Calibrated probability. Label at the {op_description(model.card, pred.operating_point, pred.threshold)} "
+               f"operating point. Model `{pred.model_version}`.")
+
+
+def warnings_ui(warnings: Sequence[str]) -> None:
+    if warnings:
+        st.warning("\n".join(f"- {w}" for w in warnings), icon=":material/warning:")
+
+
+def metadata_ui(film: Film) -> None:
+    rows = metadata_rows(film.image.metadata)
+    st.markdown("| Image metadata | |\n|---|---|\n" + "\n".join(f"| {k} | {_escape(v)} |" for k, v in rows))
+
+
+def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveModel, alpha: float,
+                 outside: str | None, key: str) -> None:
+    """Overlay PNG and PDF report, built only when clicked (full-resolution film)."""
+    stem = PurePath(film.name).stem or "film"
+    full_overlay = lambda: overlay(film.image.pixels, exp.normalised, alpha=alpha)  # noqa: E731
+
+    def report() -> bytes:
+        return pdf_report(file_name=film.name, film=film.image.pixels, overlay_rgb=full_overlay(),
+                          probability=pred.probability, label=pred.label,
+                          operating_point=op_description(model.card, pred.operating_point, pred.threshold),
+                          model_version=pred.model_version, card_line=card_summary(model.card),
+                          method=METHOD_LABELS.get(exp.method, exp.method), warnings=pred.warnings,
+                          metadata=metadata_rows(film.image.metadata), outside_validated_use=outside)
+
+    left, right = st.columns(2)
+    left.download_button("Overlay PNG", lambda: png_bytes(full_overlay()), file_name=f"{stem}_{exp.method}.png",
+                         mime="image/png", on_click="ignore", key=f"dl_png_{key}", icon=":material/image:")
+    right.download_button("PDF report", report, file_name=f"{stem}_report.pdf", mime="application/pdf",
+                          on_click="ignore", key=f"dl_pdf_{key}", icon=":material/picture_as_pdf:")
+
+
+def _escape(text: str) -> str:
+    """File names and header strings shown as text, not markdown."""
+    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~$:" else c for c in str(text))

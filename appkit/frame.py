@@ -1,0 +1,42 @@
+"""Pages run inside app.py's frame (set_page_config, navigation, sidebar).
+
+Streamlit treats a ``pages/`` folder next to the entrypoint as a legacy multipage app until some
+session has called ``st.navigation``: on a freshly started server, a first request for a page URL
+(a bookmark of /metrics, say) runs ``pages/metrics.py`` alone, with no sidebar and the legacy menu.
+A page detects that (app.py did not mark this run), leaves legacy mode through the public API
+(``st.navigation``) and reruns, which goes through app.py and lands on the same page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+FRAME_KEY = "_in_app_frame"
+RETRIED_KEY = "_app_frame_retried"
+
+
+def app_pages() -> list:
+    """The app's pages (paths relative to app.py); app.py passes them to st.navigation."""
+    return [
+        st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
+        st.Page("pages/triage.py", title="Triage", icon=":material/format_list_numbered:"),
+        st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
+        st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
+    ]
+
+
+def mark_app_frame() -> None:
+    """Called by app.py just before it runs the page."""
+    st.session_state[FRAME_KEY] = True
+
+
+def require_app_frame() -> None:
+    """First call of every page. Reruns once through app.py when the page was run on its own."""
+    if st.session_state.pop(FRAME_KEY, False):
+        st.session_state.pop(RETRIED_KEY, None)
+        return
+    if st.session_state.get(RETRIED_KEY):      # still alone after a rerun (e.g. a page tested on its own)
+        return
+    st.session_state[RETRIED_KEY] = True
+    st.navigation(app_pages(), position="hidden")
+    st.rerun()

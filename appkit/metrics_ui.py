@@ -1,0 +1,91 @@
+"""Metrics page widgets: split choice, provenance, headline table, threshold sweep, model card."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+import streamlit as st
+
+from . import charts
+from .text import SPLIT_ORDER, fmt_ci, guard_summary, op_label, split_description
+
+HEADLINE = (("auc", "AUC"), ("pr_auc", "PR-AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+            ("precision", "PPV (precision)"), ("npv", "NPV"), ("accuracy", "Accuracy"), ("f1", "F1"),
+            ("ece", "ECE (calibration error)"))
+
+
+def splits_ui(evals: Mapping[str, Any]) -> list[str]:
+    """Which splits to compare (default: internal test and external/ when both exist)."""
+    ordered = sorted(evals, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
+    default = [s for s in ("test", "external") if s in evals] or ordered[:2]
+    return st.multiselect("Evaluation splits", ordered, default=default, format_func=lambda s: f"{s}/",
+                          help="Each split's numbers come only from its own films (see 'Where the numbers come "
+                               "from' below).") or default
+
+
+def provenance_ui(evals: Mapping[str, Any], splits: list[str], card: Mapping[str, Any]) -> None:
+    with st.container(border=True):
+        st.markdown("**Where the numbers come from**")
+        for split in splits:
+            st.markdown("- " + split_description(split, evals[split], card))
+        ci_method = charts.report_at(evals[splits[0]], "").get("ci_method")
+        st.caption("Saved evaluation artifacts written when the model was calibrated; nothing is recomputed here. "
+                   f"95% confidence intervals: {ci_method or 'bootstrap'}.")
+
+
+def headline_ui(evals: Mapping[str, Any], splits: list[str], op: str) -> None:
+    table = {}
+    for split in splits:
+        rep = charts.report_at(evals[split], op)
+        ci = rep.get("ci95") or {}
+        table[f"{split}/ (n={rep.get('n', evals[split].get('n'))})"] = [fmt_ci(rep.get(k), ci.get(k)) for k, _ in HEADLINE]
+    threshold = charts.report_at(evals[splits[0]], op).get("threshold")
+    st.markdown(f"**At the {op_label(op)} operating point** (threshold {threshold:.3f}); value (95% CI)"
+                if threshold is not None else f"**At the {op_label(op)} operating point**")
+    st.table(pd.DataFrame(table, index=[label for _, label in HEADLINE]))
+
+
+def sweep_ui(evals: Mapping[str, Any], splits: list[str], thresholds: Mapping[str, float]) -> None:
+    left, right = st.columns([1, 2])
+    split = left.selectbox("Split", splits, format_func=lambda s: f"{s}/", key="sweep_split")
+    observed = (evals[split].get("curves") or {}).get("prevalence") or 0.5
+    prevalence = right.slider("Prevalence of pneumonia among the films read (π)", 0.01, 0.99,
+                              round(float(observed), 2), 0.01, key=f"prevalence_{split}",
+                              help=f"{split}/ has {observed:.0%}. PPV and NPV depend on prevalence; sensitivity "
+                                   "and specificity do not.")
+    st.plotly_chart(charts.sweep_figure(evals[split], prevalence, thresholds), width="stretch")
+    st.caption(f"Sensitivity and specificity measured on {split}/; PPV = sens·π / (sens·π + (1−spec)(1−π)) and "
+               "NPV = spec(1−π) / (spec(1−π) + (1−sens)π) at the prevalence π chosen above.")
+
+
+CARD_FACTS = (("Version", ("version",)), ("Architecture", ("architecture",)), ("Task", ("task",)),
+              ("Created", ("created",)), ("Code version", ("code_version",)), ("Input size", ("input", "size")),
+              ("Temperature", ("temperature",)), ("Initialisation", ("initialisation", "kind")),
+              ("Data source", ("data", "source")), ("Data fingerprint", ("data", "fingerprint")),
+              ("Epochs", ("training", "epochs")), ("Trained on", ("training", "device")),
+              ("Calibration", ("calibration", "method")), ("Calibrated on", ("calibration", "fitted_on")))
+
+
+def _dig(card: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = card
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def card_ui(card: Mapping[str, Any]) -> None:
+    facts = [(label, f"{v:.4g}" if isinstance(v, float) else str(v))
+             for label, path in CARD_FACTS if (v := _dig(card, path)) not in (None, "")]
+    for name, point in (card.get("operating_points") or {}).items():
+        facts.append((f"Operating point: {op_label(name)}",
+                      f"threshold {point.get('threshold', float('nan')):.4f}; {point.get('rule', '')}; chosen on "
+                      f"{point.get('chosen_on', '?')}"))
+    facts.append(("Out-of-distribution guard", guard_summary(card)))
+    for split, counts in ((card.get("data") or {}).get("counts") or {}).items():
+        facts.append((f"Films in {split}/", ", ".join(f"{k} {v}" for k, v in counts.items())))
+    st.table(pd.DataFrame(facts, columns=["Field", "Value"]).set_index("Field"))
+    if (card.get("calibration") or {}).get("note"):
+        st.caption(f"Calibration note: {card['calibration']['note']}")
+    with st.expander("Full model card (JSON)"):
+        st.json({k: v for k, v in card.items() if k != "history"}, expanded=1)

@@ -1,0 +1,389 @@
+"""Retrain page widgets: training data (server folder or .zip), settings with a time estimate, live job
+progress, the result with a comparison and a promote button, and the model versions with rollback.
+
+Everything that matters happens in pneumo_core (datacheck, jobs, registry); the job itself runs in its
+own process, so these widgets only read its state from disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pneumo_core import jobs, registry
+from pneumo_core.datacheck import DatasetError, DatasetReport, extract_zip, remove_tree, validate_dataset
+from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.model import imagenet_weights_path, read_card
+
+from . import charts
+from .retrain import (BASE_LABELS, STATUS_WORDS, comparison_frame, comparison_splits, counts_frame, fmt_duration,
+                      progress, unreadable_frame, versions_frame)
+from .text import op_label
+
+DATA_KEY = "_retrain_data"        # session: the checked data {"kind", "key", "report" | "error", "upload_dir"}
+FLASH_KEY = "_retrain_flash"      # session: one message to show after a rerun
+POLL_S = 2.0
+LAYOUT_HELP = ("Class folders NORMAL/ and PNEUMONIA/ with the films, or train/ (and optionally val/, test/, "
+               "external/) each holding them. Without val/, a tenth of train/ is held out for validation.")
+LR_OPTIONS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+
+
+def flash(message: str, *, error: bool = False) -> None:
+    st.session_state[FLASH_KEY] = (message, error)
+
+
+def show_flash() -> None:
+    """The outcome of the last button (actions run in on_click callbacks, before the page is drawn)."""
+    if shown := st.session_state.pop(FLASH_KEY, None):
+        message, error = shown
+        (st.error if error else st.success)(message, icon=":material/block:" if error else ":material/check_circle:")
+
+
+# --------------------------------------------------------------------------- data
+
+def _check(root: Path) -> DatasetReport:
+    bar = st.progress(0.0, text="Reading every film once…")
+    step = {"next": 0.0}
+
+    def tick(i: int, n: int) -> None:
+        if i / n >= step["next"] or i == n:
+            bar.progress(i / n, text=f"Read {i:,} of {n:,} films")
+            step["next"] = i / n + 0.02
+
+    try:
+        return validate_dataset(root, progress=tick)
+    finally:
+        bar.empty()
+
+
+def _discard_upload(current: dict | None) -> None:
+    if current and current.get("upload_dir"):
+        remove_tree(current["upload_dir"])
+
+
+def data_ui() -> dict | None:
+    """The training data, checked: ``{"report", "upload_dir"}`` or None (with the reason on the page)."""
+    kind = st.radio("Training data", ["folder", "upload"], horizontal=True, key="retrain_source",
+                    format_func={"folder": "Folder on this server", "upload": "Upload a .zip"}.get,
+                    help=LAYOUT_HELP)
+    current = st.session_state.get(DATA_KEY)
+    if kind == "folder":
+        path = st.text_input("Folder", key="retrain_folder", placeholder="/srv/films/our-hospital",
+                             help=LAYOUT_HELP + " Checked when you press Enter.").strip()
+        if current and current["kind"] == "upload":
+            _discard_upload(current)
+            current = st.session_state[DATA_KEY] = None
+        if not path:
+            st.caption("Enter a folder on this server: every film is read once, and nothing starts until the data "
+                       "are accepted.")
+            return None
+        if not current or current["key"] != path:
+            try:
+                current = {"kind": "folder", "key": path, "report": _check(Path(path)), "upload_dir": None}
+            except (DatasetError, OSError) as exc:
+                reason = str(exc) if isinstance(exc, DatasetError) else \
+                    f"The folder cannot be read ({exc.strerror or type(exc).__name__})."
+                current = {"kind": "folder", "key": path, "error": reason, "upload_dir": None}
+            st.session_state[DATA_KEY] = current
+        st.button("Check again", key="retrain_recheck", icon=":material/refresh:",
+                  on_click=lambda: st.session_state.pop(DATA_KEY, None),
+                  help="Read the folder again (after adding or removing films).")
+    else:
+        upload = st.file_uploader("Archive (.zip)", type=["zip"], key="retrain_zip",
+                                  help=LAYOUT_HELP + " The archive is unpacked on the server for this job only and "
+                                                     "removed when the job ends.")
+        if upload is None:
+            if current and current["kind"] == "upload":          # removed from the uploader: drop its files
+                _discard_upload(current)
+                st.session_state[DATA_KEY] = None
+            return None
+        data = upload.getvalue()
+        key = hashlib.sha256(data).hexdigest()
+        if not current or current["kind"] != "upload" or current["key"] != key:
+            _discard_upload(current)
+            dest = None
+            try:
+                dest = jobs.new_upload_dir()
+                with st.spinner("Unpacking the archive…"):
+                    root = extract_zip(data, dest)
+                current = {"kind": "upload", "key": key, "report": _check(root), "upload_dir": str(dest)}
+            except (DatasetError, OSError) as exc:
+                if dest is not None:
+                    remove_tree(dest)
+                reason = str(exc) if isinstance(exc, DatasetError) else \
+                    f"The archive could not be stored on the server ({exc.strerror or type(exc).__name__})."
+                current = {"kind": "upload", "key": key, "error": reason, "upload_dir": None}
+            st.session_state[DATA_KEY] = current
+    if "error" in current:
+        st.error(f"**These data cannot be used.** {current['error']}", icon=":material/block:")
+        return None
+    report_ui(current["report"])
+    return current if current["report"].ok else None
+
+
+def report_ui(report: DatasetReport) -> None:
+    left, right = st.columns([2, 3])
+    left.dataframe(counts_frame(report), width="stretch")
+    with right:
+        for problem in report.problems:
+            st.error(problem, icon=":material/block:")
+        for warning in report.warnings:
+            st.warning(warning, icon=":material/warning:")
+        if report.ok:
+            st.success(f"{report.total:,} readable films; ready to train.", icon=":material/check_circle:")
+    if report.unreadable:
+        with st.expander(f"Unreadable files ({len(report.unreadable)}), skipped"):
+            st.dataframe(unreadable_frame(report), hide_index=True, width="stretch")
+
+
+# --------------------------------------------------------------------------- settings
+
+def _active_version() -> str | None:
+    try:
+        folder = registry.active_model_dir()
+        return str(read_card(folder).get("version", folder.name))
+    except ModelLoadError:
+        return None
+
+
+def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
+    """Base model, hyperparameters and device, with an estimate of the time the job will take."""
+    active = _active_version()
+    bases = (["active"] if active else []) + ["imagenet", "scratch"]
+    base = st.radio("Start from", bases, key="retrain_base", horizontal=True,
+                    format_func=lambda b: BASE_LABELS[b] + (f" ({active})" if b == "active" else ""),
+                    help="Fine-tuning keeps what the active model learned and adapts it to these films (fast, "
+                         "needs fewer films). ImageNet or scratch start over and need more films and epochs.")
+    if base == "imagenet" and not imagenet_weights_path().is_file():
+        st.warning(f"ImageNet weights are not cached on this server ({imagenet_weights_path().name}); a job "
+                   f"started from them will fail at once. Fine-tune the active model or start from scratch.")
+    d = jobs.default_config(base)
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs", 1, 200, int(d["epochs"]), key=f"retrain_epochs_{base}",
+                             help="Passes over the training films. The epoch with the best validation AUC is kept, "
+                                  "so more epochs cost time, rarely quality.")
+    lr = c2.select_slider("Learning rate", LR_OPTIONS, value=d["lr"], key=f"retrain_lr_{base}",
+                          format_func=lambda v: f"{v:.0e}",
+                          help="Peak step size (after a one-epoch warm-up, then cosine decay). Lower for "
+                               "fine-tuning, so the model does not forget what it knew.")
+    batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=[16, 32, 64, 128, 256].index(d["batch_size"]),
+                         key=f"retrain_batch_{base}",
+                         help="Films per step. Lower it if the job runs out of memory.")
+    size = c1.number_input("Image size (px)", 32, 512, int(d["image_size"]), 16, key=f"retrain_size_{base}",
+                           help="Films are resized to this square. The active model uses "
+                                f"{jobs.default_config('active')['image_size']} px; smaller is faster, larger "
+                                "sees more detail.")
+    augment = c2.selectbox("Augmentation", ["strong", "mild", "none"], key=f"retrain_aug_{base}",
+                           help="Random crops, rotations, brightness and contrast changes while training, so the "
+                                "model does not learn one site's exposure. Keep it on unless the data are huge.")
+    with c3.popover("More settings"):
+        mixup = st.number_input("Mixup α", 0.0, 1.0, float(d["mixup_alpha"]), 0.05, key=f"retrain_mixup_{base}",
+                                help="Blends pairs of films and labels; 0 turns it off.")
+        cap = st.number_input("At most this many films per split (0 = all)", 0, 1_000_000, 0, 50,
+                              key=f"retrain_cap_{base}", help="For a quick trial run of the whole pipeline.")
+        seed = st.number_input("Random seed", 0, 2**31 - 1, int(d["seed"]), key=f"retrain_seed_{base}",
+                               help="Same data, settings and seed give the same model.")
+    device = _device_ui()
+    config = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch), "image_size": int(size),
+              "augment": augment, "mixup_alpha": float(mixup), "max_images": int(cap) or None, "seed": int(seed),
+              "device": device}
+    seconds, basis = jobs.estimate_seconds(report, config, device)
+    text = f"**Estimated time: about {fmt_duration(seconds)}** on the {'GPU' if device == 'cuda' else 'CPU'} " \
+           f"(from {basis}; the real pace shows after the first epoch)."
+    (st.warning if seconds > 2 * 3600 else st.info)(
+        text + (" Consider fewer epochs, a smaller image size or a cap on films." if seconds > 2 * 3600 else ""),
+        icon=":material/schedule:")
+    return base, config
+
+
+@st.cache_resource(show_spinner=False)
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _device_ui() -> str:
+    gpu = _gpu_name()
+    if gpu is None:
+        st.caption("No GPU on this server: training runs on the CPU (slowly, and the app stays usable because the "
+                   "job runs at lower priority).")
+        return "cpu"
+    return st.radio("Device", ["cuda", "cpu"], horizontal=True, key="retrain_device",
+                    format_func=lambda d: f"GPU ({gpu})" if d == "cuda" else "CPU")
+
+
+def _start(data: dict, base: str, config: dict) -> None:
+    try:
+        job = jobs.start_job(data["report"].root, base=base, config=config, report=data["report"],
+                             upload_dir=data["upload_dir"])
+    except (PneumoError, OSError) as exc:        # OSError: the jobs folder is not writable, a lock timed out
+        flash(f"**The job was not started.** {exc}", error=True)
+        return
+    st.session_state.pop(DATA_KEY, None)            # an uploaded archive now belongs to the job
+    flash(f"Training job {job.id} started. It runs on the server: you can leave this page and come back.")
+
+
+def start_ui(data: dict | None, base: str | None, config: dict | None) -> None:
+    running = jobs.running_job()
+    st.button("Start training", type="primary", key="retrain_start", icon=":material/play_arrow:",
+              disabled=data is None or running is not None, on_click=_start, args=(data, base, config),
+              help="Runs in the background on the server; you can leave this page. The active model is not "
+                   "changed: you decide afterwards whether to promote the new one.")
+
+
+# --------------------------------------------------------------------------- a running job
+
+def _job_caption(job: jobs.Job) -> str:
+    base = job.spec.get("base") or {}
+    data = job.spec.get("data") or {}
+    n = sum(sum(c.values()) for c in (data.get("counts") or {}).values())
+    cfg = job.spec.get("config") or {}
+    start = {"active": f"fine-tune of {base.get('version', 'the active model')}", "imagenet": "from ImageNet weights",
+             "scratch": "from scratch"}.get(base.get("kind"), "")
+    return (f"Job `{job.id}` · {start} · {job.spec.get('data_name', '')} "
+            f"({n:,} films) · {cfg.get('epochs')} epochs at {cfg.get('image_size')} px · "
+            f"{job.state.get('device') or 'device not chosen yet'}")
+
+
+@st.fragment(run_every=POLL_S)
+def job_progress_ui(job_id: str) -> None:
+    """Live view of a running job (polled from disk every few seconds; every user sees the same)."""
+    try:
+        job = jobs.get_job(job_id)
+    except PneumoError as exc:
+        st.error(str(exc))
+        return
+    if job.finished:
+        st.rerun()                                  # the whole page: show the result
+    p = progress(job)
+    st.markdown(f"**{STATUS_WORDS.get(job.status, job.status)}:** {job.state.get('phase', '')}")
+    st.caption(_job_caption(job))
+    st.progress(p["fraction"], text=f"Epoch {p['epoch']} of {p['epochs']}")
+    cols = st.columns(4)
+    cols[0].metric("Epoch", f"{p['epoch']} / {p['epochs']}")
+    cols[1].metric("Training loss", "–" if p["loss"] is None else f"{p['loss']:.4f}")
+    cols[2].metric(p["metric_name"].replace("auc", "AUC"), "–" if p["metric"] is None else f"{p['metric']:.3f}")
+    cols[3].metric("Time left", fmt_duration(p["eta_s"]),
+                   help="Training time left from the measured pace; evaluation follows (usually shorter)."
+                   if job.history else "Estimated before the first epoch; refined once it ends.")
+    if job.history:
+        st.plotly_chart(charts.history_figure(job.history), width="stretch", key=f"job_chart_{job.id}")
+    if (job.dir / jobs.CANCEL).exists():
+        st.warning("Cancel requested: the job is stopping. The active model is unchanged.", icon=":material/stop:")
+    else:
+        st.button("Cancel training", key="retrain_cancel", icon=":material/stop:", on_click=jobs.cancel_job,
+                  args=(job.id,), help="Stops the job within seconds; nothing it made is kept except its log.")
+    with st.expander("Log"):
+        st.code(job.log_tail(30) or "(empty)", language=None)
+
+
+# --------------------------------------------------------------------------- a finished job
+
+def _comparison(version: str) -> dict[str, Any]:
+    try:
+        return json.loads((registry.weights_root() / version / "comparison.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def job_result_ui(job: jobs.Job, op: str) -> None:
+    st.markdown(f"#### Last job: {STATUS_WORDS.get(job.status, job.status).lower()}")
+    st.caption(_job_caption(job) + f" · ended {str(job.state.get('finished', '')).replace('T', ' ')[:19]}")
+    if job.status != "succeeded":
+        (st.warning if job.status == "cancelled" else st.error)(job.message, icon=":material/info:")
+        with st.expander("Log (kept)", expanded=job.status == "failed"):
+            st.code(job.log_tail(60) or "(empty)", language=None)
+        return
+    st.success(job.message, icon=":material/check_circle:")
+    version = job.version or ""
+    if not (registry.weights_root() / version).is_dir():
+        st.info(f"Version {version} is no longer in the registry.")
+        return
+    comparison = _comparison(version)
+    splits = comparison_splits(comparison)
+    if splits:
+        st.markdown(f"**New model and active model on this job's films**, {op_label(op)} operating point "
+                    f"(each model at its own threshold); value (95% CI)")
+        for col, split in zip(st.columns(len(splits)), splits):
+            col.markdown(f"**{split}/**")
+            col.table(comparison_frame(comparison, split, op))
+        notes = [comparison.get("note", "")]
+        if comparison.get("active_error"):
+            notes.append(f"The active model could not be evaluated: {comparison['active_error']}")
+        st.caption(" ".join(n for n in notes if n))
+    if job.history:
+        with st.expander("Training curves"):
+            st.plotly_chart(charts.history_figure(job.history), width="stretch", key=f"job_curves_{job.id}")
+    _guard_notice(version)
+    if registry.active_name() == version:
+        st.info(f"{version} is the active model.", icon=":material/verified:")
+    else:
+        st.button(f"Promote {version} to active", type="primary", key="retrain_promote_new",
+                  icon=":material/upgrade:", on_click=_promote, args=(version,),
+                  help="Every page and the CLI use it from their next run; rollback returns to the current one.")
+
+
+def _guard_notice(version: str) -> None:
+    """A new version has no out-of-distribution guard of its own; say so when the active model has one."""
+    try:
+        new = read_card(registry.weights_root() / version)
+        active = read_card(registry.active_model_dir())
+    except ModelLoadError:
+        return
+    if active.get("ood") and not new.get("ood"):
+        st.warning(f"{version} has no out-of-distribution guard yet (the active model has one): until "
+                   f"`python -m pneumo_core fit-guard --model weights/{version} --data DIR` is run, only the "
+                   f"model-free checks screen its input films.", icon=":material/shield:")
+
+
+# --------------------------------------------------------------------------- versions
+
+def _promote(version: str | None) -> None:
+    if not version:
+        return
+    try:
+        before = registry.promote(version)
+    except PneumoError as exc:
+        flash(f"**Not promoted.** {exc}", error=True)
+        return
+    flash(f"{version} is now the active model" + (f" (was {before})." if before else "."))
+
+
+def _rollback() -> None:
+    try:
+        now = registry.rollback()
+    except PneumoError as exc:
+        flash(f"**Not rolled back.** {exc}", error=True)
+        return
+    flash(f"Rolled back: {now} is the active model again.")
+
+
+def versions_ui(op: str) -> None:
+    st.subheader("Model versions")
+    versions = registry.list_versions()
+    if not versions:
+        st.info("No model versions yet.")
+        return
+    st.dataframe(versions_frame(versions, op), hide_index=True, width="stretch",
+                 column_config={"active": st.column_config.CheckboxColumn("active")})
+    st.caption(f"AUC (95% CI) from each version's own evaluation, {op_label(op)} operating point; versions trained "
+               f"on other films are evaluated on other films, so compare them on the same data (the job comparison).")
+    left, right = st.columns(2)
+    others = [v.name for v in versions if not v.active and not v.problem]
+    with left:
+        chosen = st.selectbox("Version", others, key="retrain_version_pick", disabled=not others,
+                              placeholder="no other version")
+        st.button("Promote", key="retrain_promote", disabled=chosen is None, icon=":material/upgrade:",
+                  on_click=_promote, args=(chosen,), help="Checks the version's weights, then makes it active.")
+    with right:
+        previous = [v for v in registry.read_history()["previous"] if v != registry.active_name()]
+        target = previous[-1] if previous else None
+        st.markdown("&nbsp;")
+        st.button(f"Roll back to {target}" if target else "Roll back", key="retrain_rollback",
+                  disabled=target is None, icon=":material/undo:", on_click=_rollback,
+                  help="Makes the previously active model active again.")

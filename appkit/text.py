@@ -1,0 +1,121 @@
+"""Words the pages show, derived from the model card and the evaluation artifacts (nothing hard-coded
+about a particular model)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+OP_LABELS = {"balanced": "Balanced", "high_sensitivity": "High sensitivity"}
+CAUTION = "Decision support, not a diagnosis."
+
+# What each split is, independent of the model; the numbers and the caveats come from the card.
+SPLIT_ROLES = {
+    "train": "training films",
+    "val": "validation split (held out from training; used to monitor training)",
+    "test": "internal test split (patient-level hold-out; untouched by training, thresholds and calibration)",
+    "external": "held-out films from outside the training data (in this project: half of the official "
+                "Kermany et al. test set)",
+}
+SPLIT_ORDER = ("test", "external", "val")
+
+
+def op_label(name: str) -> str:
+    return OP_LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def fmt_pct(p: float | None, digits: int = 1) -> str:
+    return "–" if p is None else f"{100 * p:.{digits}f}%"
+
+
+def fmt_ci(value: float | None, ci: list | tuple | None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if ci and len(ci) == 2 and None not in ci:
+        return f"{value:.{digits}f} ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})"
+    return f"{value:.{digits}f}"
+
+
+def external_auc(card: Mapping[str, Any]) -> tuple[float | None, list | None]:
+    """(AUC, 95% CI) on external/ from the card's metrics, else the training record's, else (None, None)."""
+    split = (card.get("metrics") or {}).get("external") or {}
+    for summary in split.values():
+        if isinstance(summary, Mapping) and summary.get("auc") is not None:
+            return float(summary["auc"]), (summary.get("ci95") or {}).get("auc")
+    selected = (card.get("training") or {}).get("selected") or {}
+    return (float(selected["external_auc"]), None) if selected.get("external_auc") is not None else (None, None)
+
+
+def card_summary(card: Mapping[str, Any]) -> str:
+    """One line: data, initialisation, external AUC."""
+    data = card.get("data") or {}
+    train_n = sum((data.get("counts") or {}).get("train", {}).values()) if data.get("counts") else None
+    parts = [f"Data: {data.get('source', 'unknown')}" + (f" ({train_n:,} training films)" if train_n else "")]
+    parts.append(f"init: {(card.get('initialisation') or {}).get('kind', 'unknown')}")
+    auc, ci = external_auc(card)
+    parts.append("external AUC " + (fmt_ci(auc, ci) if auc is not None else "not measured"))
+    return " · ".join(parts)
+
+
+def guard_summary(card: Mapping[str, Any]) -> str:
+    """The out-of-distribution guard in one line: threshold and measured rejection rates."""
+    info = card.get("ood")
+    if not isinstance(info, Mapping) or not info:
+        return "none fitted: only model-free checks (DICOM modality and view, blank or elongated frames)"
+    rates = info.get("false_rejection") or {}
+    parts = [f"score threshold {float(info.get('threshold', float('nan'))):.3g}"]
+    for split in ("test", "external"):
+        r = rates.get(split) or {}
+        if r.get("rate") is not None:
+            parts.append(f"chest films refused on {split}/ {fmt_pct(r['rate'])} ({r.get('rejected')}/{r.get('n')})")
+    neg = info.get("negative_rejection") or {}
+    if neg.get("rate") is not None:
+        parts.append(f"built-in non-chest images refused {fmt_pct(neg['rate'])} ({neg.get('rejected')}/{neg.get('n')})")
+    return "; ".join(parts)
+
+
+def op_description(card: Mapping[str, Any], name: str, threshold: float) -> str:
+    """'Balanced (threshold 0.496; max Youden J on external/)'."""
+    point = (card.get("operating_points") or {}).get(name) or {}
+    how = "; ".join(x for x in (point.get("rule"), f"chosen on {point['chosen_on']}" if point.get("chosen_on") else None) if x)
+    return f"{op_label(name)} (threshold {threshold:.3f}" + (f"; {how})" if how else ")")
+
+
+def split_description(split: str, artifact: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """Which films a split's numbers come from, and whether they are optimistic."""
+    reports = artifact.get("operating_points") or {}
+    first = next(iter(reports.values()), {})
+    n = artifact.get("n", first.get("n"))
+    counts = ""
+    if first.get("n_normal") is not None:
+        counts = f" ({first['n_normal']} normal, {first['n_pneumonia']} pneumonia)"
+    text = f"**{split}/**: {SPLIT_ROLES.get(split, 'evaluation split')}; {n} films{counts}"
+    used_for = ((card.get("data") or {}).get("used_for") or {}).get(split)
+    if used_for:
+        text += f"; used for {used_for}"
+    calibration = card.get("calibration") or {}
+    if str(calibration.get("fitted_on", "")).rstrip("/") == split:
+        note = str(calibration.get("note") or "thresholds and temperature were chosen on it, so its numbers "
+                                              "are optimistic")
+        text += f". **Optimistic: {note.rstrip('.')}**"
+    return text + "."
+
+
+def age_text(years: float) -> str:
+    return f"{years:.0f} y" if years >= 2 else f"{years * 12:.0f} mo"
+
+
+METADATA_FIELDS = (("format", "Format"), ("modality", "Modality"), ("view_position", "View"),
+                   ("body_part", "Body part"), ("photometric_interpretation", "Photometric"),
+                   ("bits_stored", "Bits stored"), ("frames", "Frames"))
+
+
+def metadata_rows(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Allow-listed technical fields plus age and sex only; never names, IDs, dates or institutions."""
+    rows = [(label, str(meta[key])) for key, label in METADATA_FIELDS if meta.get(key) not in (None, "")]
+    if meta.get("width") and meta.get("height"):
+        rows.append(("Size", f"{meta['width']} × {meta['height']} px"))
+    if isinstance(meta.get("patient_age_years"), (int, float)):
+        rows.append(("Age", age_text(float(meta["patient_age_years"]))))
+    if meta.get("patient_sex"):
+        rows.append(("Sex", str(meta["patient_sex"])))
+    return rows

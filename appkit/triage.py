@@ -1,0 +1,119 @@
+"""Triage: many uploaded films -> one Record per film, a worklist sorted by probability, CSV export.
+
+The same function serves the Triage page and ``bench/bench_triage.py``. Films are decoded one at a
+time and scored in batches, so memory holds at most one batch of decoded films.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from pneumo_core.errors import UnreadableImageError
+from pneumo_core.guard import model_free_reason
+from pneumo_core.io import XrayImage, read_xray
+from pneumo_core.predict import Predictor, Record
+
+from .analysis import MODEL_ERRORS, Upload
+from .images import thumbnail_uri
+
+FLAG_POINT = "high_sensitivity"
+CSV_COLUMNS = ("file", "status", "probability", "label", "flag", "warnings", "message", "model_version",
+               "operating_point", "threshold")
+
+
+@dataclass(frozen=True)
+class TriageRow:
+    record: Record
+    flag: bool                 # probability at or above the flag threshold
+    sha: str                   # which upload (for the detail view)
+    thumbnail: str = ""        # data-URI PNG; never exported
+
+
+def flag_threshold(predictor: Predictor, operating_point: str) -> tuple[str, float]:
+    """The high-sensitivity point when the model has one, else the chosen point."""
+    points = predictor.operating_points()
+    name = FLAG_POINT if FLAG_POINT in points else predictor.threshold(operating_point)[0]
+    return name, points[name]
+
+
+def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str, *, batch_size: int = 16,
+           progress: Callable[[int, int], None] | None = None) -> list[TriageRow]:
+    """Score every upload; unreadable and rejected films (the model's whole check, ``Predictor.screen_many``)
+    get their row with the reason. Sorted for a worklist."""
+    name, thr = predictor.threshold(operating_point)
+    flag_thr = flag_threshold(predictor, name)[1]
+    rows: list[TriageRow] = []
+    pending: list[tuple[Upload, XrayImage, str]] = []
+
+    def rejected(up: Upload, image: XrayImage, thumb: str, reason: str) -> TriageRow:
+        return TriageRow(Record(up.name, "rejected", message=f"Not analysed: {reason}", model_version=predictor.version,
+                                threshold=thr, operating_point=name, warnings=image.warnings), False, up.sha, thumb)
+
+    def score() -> None:
+        """The model's guard and prediction for the pending films, from one forward pass per batch."""
+        try:
+            screened = predictor.screen_many([im for _, im, _ in pending], name, batch_size=batch_size)
+        except MODEL_ERRORS as exc:
+            screened = [None] * len(pending)
+            failure = f"The model could not analyse this film ({type(exc).__name__})."
+        for (up, image, thumb), s in zip(pending, screened):
+            if s is None:
+                rows.append(TriageRow(Record(up.name, "error", message=failure, model_version=predictor.version),
+                                      False, up.sha, thumb))
+            elif s.reason:
+                rows.append(rejected(up, image, thumb, s.reason))
+            else:
+                pred = s.prediction
+                rows.append(TriageRow(Record(up.name, "ok", pred.probability, pred.label, pred.threshold,
+                                             pred.model_version, operating_point=name, warnings=pred.warnings),
+                                      pred.probability >= flag_thr, up.sha, thumb))
+        pending.clear()
+
+    for i, up in enumerate(uploads):
+        try:
+            image = read_xray(up.data, name=up.name)
+        except UnreadableImageError as exc:
+            rows.append(TriageRow(Record(up.name, "error", message=str(exc), model_version=predictor.version),
+                                  False, up.sha))
+        else:
+            thumb = thumbnail_uri(image.pixels)
+            if reason := model_free_reason(image):        # no forward pass needed to refuse it
+                rows.append(rejected(up, image, thumb, reason))
+            else:
+                pending.append((up, image, thumb))
+        if len(pending) >= batch_size:
+            score()
+        if progress:
+            progress(i + 1, len(uploads))
+    if pending:
+        score()
+    return sort_worklist(rows)
+
+
+def sort_worklist(rows: Sequence[TriageRow]) -> list[TriageRow]:
+    """Highest probability first; then rejected, then unreadable films (upload order kept within each)."""
+    rank = {"ok": 0, "rejected": 1, "error": 2}
+    return sorted(rows, key=lambda r: (rank.get(r.record.status, 3), -(r.record.probability or 0.0)))
+
+
+def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
+    """What the page shows (thumbnails included)."""
+    return pd.DataFrame({
+        "thumbnail": [r.thumbnail or None for r in rows],
+        "flag": [r.flag for r in rows],
+        "file": [r.record.file for r in rows],
+        "probability": [r.record.probability for r in rows],
+        "label": [r.record.label or "" for r in rows],
+        "status": [r.record.status for r in rows],
+        "notes": [" ".join(filter(None, [r.record.message, *r.record.warnings])) for r in rows],
+    })
+
+
+def worklist_csv(rows: Sequence[TriageRow]) -> bytes:
+    """File name, status, probability, label, flag, warnings, model version, operating point: no image, no patient data."""
+    df = pd.DataFrame([{**r.record.to_json(), "flag": r.flag} for r in rows], columns=list(CSV_COLUMNS))
+    df["warnings"] = [" | ".join(r.record.warnings) for r in rows]
+    return df.to_csv(index=False).encode("utf-8")

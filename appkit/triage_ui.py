@@ -1,0 +1,67 @@
+"""Triage page widgets: cached batch run with a progress bar, the worklist table, and its CSV."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import streamlit as st
+
+from .analysis import Upload
+from .model import ActiveModel
+from .text import op_label
+from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
+
+
+def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> list[TriageRow]:
+    """Run triage once per (model, operating point, set of files) in this session, with a progress bar."""
+    key = (model.key, op, tuple(u.sha for u in uploads))
+    cached = st.session_state.get("_triage")
+    if cached and cached[0] == key:
+        return cached[1]
+    bar = st.progress(0.0, text=f"Analysing {len(uploads)} films…")
+    rows = triage(model.predictor, uploads, op,
+                  progress=lambda i, n: bar.progress(i / n, text=f"Analysed {i} of {n} films"))
+    bar.empty()
+    st.session_state["_triage"] = (key, rows)
+    return rows
+
+
+def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
+    flag_name, flag_thr = flag_threshold(model.predictor, op)
+    counts = {s: sum(r.record.status == s for r in rows) for s in ("ok", "rejected", "error")}
+    cols = st.columns(4)
+    cols[0].metric("Analysed", counts["ok"])
+    cols[1].metric("Flagged", sum(r.flag for r in rows),
+                   help=f"Probability at or above the {op_label(flag_name)} threshold ({flag_thr:.3f}).")
+    cols[2].metric("Rejected", counts["rejected"], help="Readable, but not a chest film the model can assess.")
+    cols[3].metric("Unreadable", counts["error"])
+
+
+def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> TriageRow | None:
+    """The worklist (highest probability first, flagged rows tinted); returns the selected row."""
+    flag_name, flag_thr = flag_threshold(model.predictor, op)
+    df = worklist_frame(rows)
+    styled = df.style.apply(lambda r: ["background-color: #fbe9e7" if r["flag"] else ""] * len(r), axis=1)
+    event = st.dataframe(
+        styled, key="worklist", on_select="rerun", selection_mode="single-row", hide_index=True, row_height=52,
+        height=40 + 52 * min(len(rows), 12),
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("Film", width="small"),
+            "flag": st.column_config.CheckboxColumn(
+                "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({flag_thr:.3f})"),
+            "file": st.column_config.TextColumn("File", width="medium"),
+            "probability": st.column_config.ProgressColumn("P(pneumonia)", format="percent", min_value=0.0,
+                                                           max_value=1.0, width="medium"),
+            "label": st.column_config.TextColumn("Label", help=f"At the {op_label(op)} operating point"),
+            "status": st.column_config.TextColumn("Status", width="small"),
+            "notes": st.column_config.TextColumn("Warnings / errors", width="large"),
+        })
+    selected = event.selection.rows if event else []
+    return rows[selected[0]] if selected else None
+
+
+def csv_ui(rows: Sequence[TriageRow]) -> None:
+    st.download_button("Worklist CSV", worklist_csv(rows), file_name="worklist.csv", mime="text/csv",
+                       on_click="ignore", icon=":material/download:",
+                       help="File name, status, probability, label, flag, warnings, model version, operating "
+                            "point. No images, no patient data.")

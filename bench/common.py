@@ -1,0 +1,89 @@
+"""Shared pieces of the bench scripts: where the data is, a synthetic full-size film, model loading."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "chest_xray"      # the project's data, beside the checkout
+
+
+def synthetic_jpeg(rng: np.random.Generator, h: int = 1500, w: int = 1200) -> bytes:
+    """A clinic-sized grey JPEG with two dark lung fields (decode and resize cost of a real film)."""
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = 0.65 + 0.05 * rng.standard_normal((h, w))
+    for cx in (0.32, 0.68):
+        img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] -= 0.4
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def load_predictor(model: str | None, threads: int):
+    """(Predictor, its folder, seconds to load) for --model or the active model, on ``threads`` CPU threads."""
+    import torch
+
+    from pneumo_core.predict import Predictor
+    from pneumo_core.registry import active_model_dir
+
+    torch.set_num_threads(threads)
+    model_dir = Path(model) if model else active_model_dir()
+    t = time.perf_counter()
+    predictor = Predictor.from_dir(model_dir)
+    return predictor, model_dir, time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- a real app server + browser
+
+CHROMIUM = "/usr/bin/chromium"          # Debian's chromium (.ci/run installs it)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def start_streamlit(weights_root: Path, log: Path, timeout_s: float = 90):
+    """`streamlit run app.py` on a free localhost port serving ``weights_root``; (process, url) once healthy."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = ROOT / ".venv" / "bin" / "streamlit"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "streamlit"]
+    cmd += ["run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PNEUMO_WEIGHTS_DIR": str(weights_root)},
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop_streamlit(proc)
+    raise RuntimeError(f"streamlit did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+def stop_streamlit(proc) -> None:
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -1,0 +1,32 @@
+"""Retrain: adapt the model to local films in a background job, compare it with the active model, promote
+or roll back. The job runs in its own process (pneumo_core.jobs); this page only starts it and reads it."""
+
+import streamlit as st
+
+from appkit.frame import require_app_frame
+from appkit.model import OP_KEY
+from appkit.retrain_ui import data_ui, job_progress_ui, job_result_ui, settings_ui, show_flash, start_ui, versions_ui
+from pneumo_core import jobs
+
+require_app_frame()
+st.title("Retrain")
+st.caption("Train a new model version on your own films. The active model keeps serving every page until you "
+           "promote the new one, and a failed or cancelled job never touches it.")
+show_flash()
+op = st.session_state.get(OP_KEY) or "balanced"
+jobs.remove_stale_uploads()
+
+job = jobs.latest_job()
+if job is not None and not job.finished:
+    st.subheader("Training in progress")
+    job_progress_ui(job.id)
+else:
+    if job is not None:
+        job_result_ui(job, op)
+    st.subheader("New training job")
+    data = data_ui()
+    base, config = settings_ui(data["report"]) if data else (None, None)
+    start_ui(data, base, config)
+
+st.divider()
+versions_ui(op)

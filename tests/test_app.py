@@ -1,0 +1,328 @@
+"""Page tests with streamlit.testing.v1.AppTest: the real app.py, navigation, sidebar and pages over a
+tiny trained model (conftest's ``tiny_model_dir``) made active in a temporary weights folder.
+
+Uploads go through AppTest's own ``file_uploader`` element (this Streamlit supports it), so no test
+seam is needed in the pages.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import synthetic_film
+from conftest_io_helpers import make_dicom
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+SECRETS = ("Doe^Jane", "Doe", "PID-123456", "St Elsewhere")
+
+
+# --------------------------------------------------------------------------- films built in the test
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def film(seed: int = 1, pneumonia: bool = True, size: int = 96) -> bytes:
+    return png(synthetic_film(np.random.default_rng(seed), pneumonia, size))
+
+
+def dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", view: str = "PA", age: str = "003Y") -> bytes:
+    """A 12-bit DX film carrying identifiers that must never reach the page."""
+    values = np.clip(pixels, 0, 1) if photometric == "MONOCHROME2" else 1 - np.clip(pixels, 0, 1)
+    return make_dicom((values * 4095).astype(np.uint16), photometric, 12, ViewPosition=view, PatientAge=age,
+                      PatientSex="F", PatientName=SECRETS[0], PatientID=SECRETS[2], InstitutionName=SECRETS[3])
+
+
+# --------------------------------------------------------------------------- app fixtures and helpers
+
+def _clear_caches() -> None:
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture()
+def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
+    """A weights root whose ACTIVE names a link to the tiny model."""
+    root = tmp_path / "weights"
+    root.mkdir()
+    (root / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    (root / "ACTIVE").write_text("tiny\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    _clear_caches()
+    yield root
+    _clear_caches()
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
+    at.file_uploader[0].set_value([(name, data, "application/octet-stream") for name, data in files]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Every string the page sends to the browser (element protos, main area and sidebar)."""
+    out = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def overlays(at: AppTest) -> list:
+    return [im for im in at.image if any("relative map" in c for c in im.captions)]
+
+
+# --------------------------------------------------------------------------- no model
+
+@pytest.mark.parametrize("page", [None, "triage", "metrics"])
+def test_no_model_is_a_clear_error_on_every_page(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(tmp_path / "empty"))
+    _clear_caches()
+    at = open_app(page)
+    assert any("No model is available" in e for e in errors(at))
+    assert any("weights/ACTIVE" in i.value for i in at.info)
+    assert not at.file_uploader                           # the page stopped at its guard
+    assert "Traceback" not in texts(at)
+
+
+def test_broken_model_folder_is_an_error_not_a_traceback(tmp_path, monkeypatch, tiny_model_dir):
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, root / "broken")
+    (root / "broken" / "model.safetensors").write_bytes(b"not weights")
+    (root / "ACTIVE").write_text("broken\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    _clear_caches()
+    at = open_app()
+    assert any("No model is available" in e and "sha256" in e for e in errors(at))
+
+
+# --------------------------------------------------------------------------- sidebar
+
+def test_sidebar_shows_model_card_summary_and_operating_point(weights, tiny_model_dir):
+    import json
+
+    card = json.loads((tiny_model_dir / "card.json").read_text())
+    at = open_app()
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown) + "\n".join(c.value for c in at.sidebar.caption)
+    assert card["version"] in sidebar
+    assert "Data: " in sidebar and "init: " in sidebar and "external AUC" in sidebar
+    radio = at.sidebar.radio(key="operating_point")
+    assert radio.value == "balanced"
+    assert [o.split(" · ")[0] for o in radio.options] == ["Balanced", "High sensitivity"]
+    assert "Decision support, not a diagnosis." in sidebar
+
+
+def test_promoted_model_is_picked_up_without_restart(weights, tiny_model_dir):
+    import json
+
+    at = open_app()
+    promoted = weights / "promoted"
+    shutil.copytree(tiny_model_dir, promoted)
+    card = json.loads((promoted / "card.json").read_text())
+    card["version"] = "promoted-v2"
+    (promoted / "card.json").write_text(json.dumps(card))
+    (weights / "ACTIVE").write_text("promoted\n")
+    at.run()
+    assert any("promoted-v2" in m.value for m in at.sidebar.markdown)
+
+
+# --------------------------------------------------------------------------- predict
+
+def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights):
+    at = upload(open_app(), ("film.png", film()))
+    assert not errors(at)
+    [metric] = at.metric
+    assert metric.label == "Probability of pneumonia" and metric.value.endswith("%")
+    assert 0 <= float(metric.value.rstrip("%")) <= 100
+    assert any(m.value in (":red-badge[PNEUMONIA]", ":green-badge[NORMAL]") for m in at.markdown)
+    assert any("Balanced" in c.value and "threshold" in c.value for c in at.caption)
+    assert len(overlays(at)) == 1 and any(im.captions == ["Film"] for im in at.image)
+    assert any("| Format | PNG |" in m.value for m in at.markdown)
+    assert at.selectbox(key=next(s.key for s in at.selectbox if s.key.startswith("cam_method_"))).value == "gradcam"
+    labels = [d.label for d in at.get("download_button")]
+    assert labels == ["Overlay PNG", "PDF report"]
+
+
+def test_several_files_each_get_a_result(weights):
+    at = upload(open_app(), ("a.png", film(1)), ("b.png", film(2, False)), ("same-as-a.png", film(1)))
+    assert len(at.metric) == 2 and len(overlays(at)) == 2
+    assert any("identical" in c.value for c in at.caption)
+
+
+def test_unreadable_files_are_error_messages_not_exceptions(weights):
+    truncated = film()[:200]
+    at = upload(open_app(), ("notes.txt", b"Patient notes, not an image.\n"), ("cut.png", truncated),
+                ("empty.dcm", b""))
+    errs = errors(at)
+    assert len(errs) == 3
+    assert any("text file" in e for e in errs)
+    assert any("truncated or corrupt" in e for e in errs)
+    assert any("empty" in e for e in errs)
+    assert not at.metric and "Traceback" not in texts(at)
+
+
+def test_rejected_blank_image_is_shown_then_can_be_analysed_anyway(weights):
+    at = upload(open_app(), ("blank.png", png(np.full((128, 128), 0.5))))
+    assert any("Rejected" in e and "blank" in e for e in errors(at)), errors(at)
+    assert not at.metric
+    at.checkbox[0].check().run()
+    assert len(at.metric) == 1 and len(overlays(at)) == 1
+    assert any("Outside validated use" in m.value for m in at.markdown)
+    assert any("Outside validated use: The image is blank" in w.value for w in at.warning)
+
+
+def test_dicom_warnings_and_metadata_without_identifiers(weights):
+    pixels = synthetic_film(np.random.default_rng(5), True, 96)
+    at = upload(open_app(), ("lateral", dicom(pixels, photometric="MONOCHROME1", view="LL", age="045Y")))
+    assert any("Rejected" in e and "Lateral view (LL)" in e for e in errors(at)), errors(at)   # frontal films only
+    at.checkbox[0].check().run()                                                             # analyse anyway
+    assert len(at.metric) == 1
+    warning = "\n".join(w.value for w in at.warning)
+    assert "Outside validated use: Lateral view" in warning
+    assert "older than the pediatric training population" in warning
+    assert "MONOCHROME1" in warning
+    table = next(m.value for m in at.markdown if "| Format |" in m.value)
+    for expected in ("| Modality | DX |", "| View | LL |", "MONOCHROME1", "| Bits stored | 12 |", "| Age | 45 y |",
+                     "| Sex | F |"):
+        assert expected in table, table
+    page = texts(at)
+    assert not any(secret in page for secret in SECRETS)
+
+
+def test_opacity_slider_and_operating_point_reuse_the_cached_cam(weights, monkeypatch):
+    import appkit.analysis as analysis
+
+    calls = []
+    real = analysis.explain
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("method"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "explain", counting)
+    at = upload(open_app(), ("film.png", film()))
+    slider = next(s for s in at.slider if s.key.startswith("cam_alpha_"))
+    slider.set_value(0.9).run()
+    assert calls == ["gradcam"]                                   # the slider did not recompute the CAM
+    assert len(overlays(at)) == 1
+    at.sidebar.radio(key="operating_point").set_value("high_sensitivity").run()
+    assert calls == ["gradcam"]
+    assert any("High sensitivity" in c.value for c in at.caption)
+    next(s for s in at.selectbox if s.key.startswith("cam_method_")).set_value("gradcam++").run()
+    assert calls == ["gradcam", "gradcam++"] and len(overlays(at)) == 1
+    assert "Grad-CAM++" in overlays(at)[0].captions[0]
+
+
+# --------------------------------------------------------------------------- triage
+
+def test_triage_worklist_sorted_flagged_with_inline_errors(weights):
+    at = open_app("triage")
+    files = [(f"f{i}.png", film(10 + i, i % 2 == 0)) for i in range(6)]
+    files += [("notes.txt", b"not an image"), ("blank.png", png(np.full((64, 64), 0.3))),
+              ("study.dcm", dicom(synthetic_film(np.random.default_rng(3), False, 96)))]
+    at = upload(at, *files)
+    assert not errors(at)
+    df = at.dataframe[0].value
+    assert list(df.columns) == ["thumbnail", "flag", "file", "probability", "label", "status", "notes"]
+    ok = df[df.status == "ok"]
+    assert len(ok) == 7 and list(ok.probability) == sorted(ok.probability, reverse=True)
+    assert list(df.status) == ["ok"] * 7 + ["rejected", "error"]            # problems listed last, inline
+    assert "text file" in df.notes.iloc[-1] and "blank" in df.notes.iloc[-2]
+    assert df.thumbnail.iloc[0].startswith("data:image/png;base64,")
+    assert df.flag.dtype == bool
+    assert {m.label: m.value for m in at.metric} == {"Analysed": "7", "Flagged": str(int(df.flag.sum())),
+                                                     "Rejected": "1", "Unreadable": "1"}
+    assert [d.label for d in at.get("download_button")] == ["Worklist CSV"]
+    assert not any(secret in texts(at) for secret in SECRETS)
+
+
+def test_triage_detail_view_for_the_selected_row(weights):
+    at = upload(open_app("triage"), ("a.png", film(1)), ("b.png", film(2, False)))
+    assert any("Select a row" in c.value for c in at.caption) and not overlays(at)
+    at.session_state["worklist"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception
+    assert len(overlays(at)) == 1
+    chosen = at.dataframe[0].value.file.iloc[1]
+    assert any(m.value.startswith("##### ") and chosen.split(".")[0] in m.value for m in at.markdown)
+
+
+def test_triage_is_not_recomputed_on_a_rerun(weights, monkeypatch):
+    import appkit.triage_ui as triage_ui
+
+    calls = []
+    real = triage_ui.triage
+    monkeypatch.setattr(triage_ui, "triage", lambda *a, **k: calls.append(1) or real(*a, **k))
+    at = upload(open_app("triage"), ("a.png", film(1)))
+    at.run()
+    assert calls == [1]
+    at.sidebar.radio(key="operating_point").set_value("high_sensitivity").run()
+    assert calls == [1, 1]                      # labels depend on the operating point
+
+
+# --------------------------------------------------------------------------- metrics
+
+def test_metrics_page_renders_plotly_charts_from_saved_artifacts(weights, monkeypatch):
+    import pneumo_core.predict as predict
+
+    monkeypatch.setattr(predict.Predictor, "logits", lambda *a, **k: pytest.fail("metrics must not run the model"))
+    at = open_app("metrics")
+    assert not errors(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 7        # ROC, PR, 2 confusion matrices, calibration, sweep, training
+    provenance = "\n".join(m.value for m in at.markdown)
+    assert "**test/**" in provenance and "**external/**" in provenance and "Optimistic" in provenance
+    headline = at.table[0].value
+    assert list(headline.columns) == ["test/ (n=16)", "external/ (n=16)"]
+    assert headline.loc["AUC"].str.match(r"^\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\)$").all()
+    assert at.multiselect[0].value == ["test", "external"]
+
+
+def test_metrics_prevalence_slider_and_split_choice(weights):
+    at = open_app("metrics")
+    at.multiselect[0].set_value(["test", "external", "val"]).run()
+    assert list(at.table[0].value.columns)[-1].startswith("val/")
+    slider = next(s for s in at.slider if s.key.startswith("prevalence_"))
+    slider.set_value(0.05).run()
+    assert not at.exception and not errors(at)
+
+
+def test_metrics_without_artifacts_shows_a_warning_and_the_card(tmp_path, monkeypatch, tiny_model_dir):
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, root / "bare", ignore=shutil.ignore_patterns("evaluation"))
+    (root / "ACTIVE").write_text("bare\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    _clear_caches()
+    at = open_app("metrics")
+    assert any("no saved evaluation" in w.value for w in at.warning)
+    assert at.table and not at.get("plotly_chart")

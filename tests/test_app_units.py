@@ -1,0 +1,140 @@
+"""The app layer's plain-Python helpers (no Streamlit runtime): triage, CSV, PDF, PPV/NPV, text, boundaries."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appkit.analysis import Upload, decode
+from appkit.charts import ppv_npv
+from appkit.report import latin1, pdf_report
+from appkit.text import card_summary, metadata_rows, split_description
+from appkit.triage import CSV_COLUMNS, triage, worklist_csv
+from test_app import SECRETS, dicom, film, png
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir):
+    from pneumo_core.predict import Predictor
+
+    return Predictor.from_dir(tiny_model_dir)
+
+
+def test_ppv_npv_follow_bayes_rule():
+    ppv, npv = ppv_npv([0.9, None], [0.8, 0.5], 0.1)
+    assert ppv[0] == pytest.approx(0.9 * 0.1 / (0.9 * 0.1 + 0.2 * 0.9))
+    assert npv[0] == pytest.approx(0.8 * 0.9 / (0.8 * 0.9 + 0.1 * 0.1))
+    assert np.isnan(ppv[1]) and np.isnan(npv[1])
+    ppv, npv = ppv_npv([0.0], [1.0], 0.3)                         # nothing called positive: PPV undefined
+    assert np.isnan(ppv[0]) and npv[0] == pytest.approx(0.7)
+
+
+def test_triage_rows_sorted_flagged_and_errors_kept(predictor):
+    uploads = [Upload.of(f"f{i}.png", film(20 + i, i % 2 == 0)) for i in range(5)]
+    uploads += [Upload.of("bad.bin", b"\x00\x01garbage"), Upload.of("blank.png", png(np.zeros((64, 64))))]
+    seen = []
+    rows = triage(predictor, uploads, "balanced", batch_size=2, progress=lambda i, n: seen.append((i, n)))
+    assert seen[-1] == (7, 7) and len(rows) == 7
+    statuses = [r.record.status for r in rows]
+    assert statuses == ["ok"] * 5 + ["rejected", "error"]
+    probs = [r.record.probability for r in rows[:5]]
+    assert probs == sorted(probs, reverse=True)
+    flag_thr = predictor.operating_points()["high_sensitivity"]
+    assert all(r.flag == (r.record.probability >= flag_thr) for r in rows[:5])
+    assert not rows[5].flag and not rows[6].flag
+    assert all(r.record.operating_point == "balanced" for r in rows[:5])
+    # the same numbers as the core's single-film path
+    single = predictor.predict(decode(uploads[0], predictor).image, "balanced")
+    assert next(r for r in rows if r.record.file == "f0.png").record.probability == pytest.approx(single.probability,
+                                                                                                  abs=1e-5)
+
+
+def test_worklist_csv_has_no_images_and_no_patient_data(predictor):
+    from conftest import synthetic_film
+
+    uploads = [Upload.of("a.png", film(1)),
+               Upload.of("b.dcm", dicom(synthetic_film(np.random.default_rng(2), True, 96), age="004Y"))]
+    text = worklist_csv(triage(predictor, uploads, "high_sensitivity")).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 2
+    assert {r["operating_point"] for r in rows} == {"high_sensitivity"}
+    assert {r["model_version"] for r in rows} == {predictor.version}
+    assert "data:image" not in text and "base64" not in text
+    assert not any(s in text for s in SECRETS) and "004Y" not in text
+
+
+def test_pdf_report_is_one_page_with_the_caution(predictor):
+    image = decode(Upload.of("film.png", film(3, size=128)), predictor).image
+    pdf = pdf_report(file_name="film.png", film=image.pixels,
+                     overlay_rgb=np.zeros((*image.pixels.shape, 3), np.uint8), probability=0.734, label="PNEUMONIA",
+                     operating_point="High sensitivity (threshold 0.120)", model_version="v-test",
+                     card_line="Data: x · init: imagenet · external AUC 0.950 (0.930–0.970)", method="Grad-CAM",
+                     warnings=["Patient older than the pediatric training population (1–5 years)"],
+                     metadata=[("Modality", "DX")], outside_validated_use="The image is blank.")
+    assert pdf.startswith(b"%PDF-") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") == 1
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, flags=re.S)
+    content = b"".join(_inflate(s) for s in streams).decode("latin-1").replace("\\(", "(").replace("\\)", ")")
+    for words in ("Decision support, not a diagnosis", "73.4%", "PNEUMONIA", "v-test", "High sensitivity",
+                  "OUTSIDE VALIDATED USE", "external AUC 0.950 (0.930-0.970)", "(1-5 years)"):
+        assert words in content, words
+
+
+def _inflate(data: bytes) -> bytes:
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        return b""
+
+
+def test_latin1_keeps_typography_readable():
+    assert latin1("sens ≥ 0.95 – 1·2 × 3 π") == "sens >= 0.95 - 1-2 x 3 pi"
+    assert latin1("漢字") == "??"
+
+
+def test_metadata_rows_are_an_allow_list():
+    meta = {"format": "DICOM", "modality": "DX", "patient_age_years": 0.5, "patient_sex": "M",
+            "patient_name": "Doe^Jane", "patient_id": "PID-123456", "institution": "St Elsewhere", "width": 10,
+            "height": 20}
+    rows = dict(metadata_rows(meta))
+    assert rows == {"Format": "DICOM", "Modality": "DX", "Size": "10 × 20 px", "Age": "6 mo", "Sex": "M"}
+
+
+def test_card_texts_come_from_the_card(tiny_model_dir):
+    import json
+
+    from pneumo_core.validation import load_evaluation
+
+    card = json.loads((tiny_model_dir / "card.json").read_text())
+    line = card_summary(card)
+    assert line.startswith(f"Data: {card['data']['source']}") and f"init: {card['initialisation']['kind']}" in line
+    assert "external AUC" in line and "not measured" not in line
+    evals = load_evaluation(tiny_model_dir)
+    assert "Optimistic" in split_description("external", evals["external"], card)
+    assert "Optimistic" not in split_description("test", evals["test"], card)
+    assert card_summary({}) == "Data: unknown · init: unknown · external AUC not measured"
+
+
+# --------------------------------------------------------------------------- boundaries (STYLE.md)
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {n.split(".")[0] for n in names}
+
+
+def test_pages_do_not_touch_torch_and_plain_helpers_do_not_import_streamlit():
+    for script in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]:
+        assert "torch" not in _imports(script), script
+        assert ".net" not in script.read_text() and "nn." not in script.read_text(), script
+    for name in ("analysis", "triage", "charts", "report", "text", "images"):
+        assert "streamlit" not in _imports(ROOT / "appkit" / f"{name}.py"), name

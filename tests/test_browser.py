@@ -1,0 +1,89 @@
+"""One real-browser test: `streamlit run app.py` + Debian's headless Chromium driven by Playwright.
+
+Uploads a PNG and a DICOM on the Predict page, waits for both probabilities and Grad-CAM overlays,
+and saves a screenshot to test-artifacts/. Without /usr/bin/chromium the test skips locally and
+FAILS on CI (env CI set), so CI cannot go green without having run it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.common import CHROMIUM, CHROMIUM_ARGS, start_streamlit, stop_streamlit
+from conftest import synthetic_film
+from conftest_io_helpers import make_dicom
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def require_chromium() -> None:
+    if Path(CHROMIUM).is_file():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing on CI: install Debian's chromium (see .ci/run).")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); CI runs this test.")
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def dicom_bytes(pixels: np.ndarray) -> bytes:
+    """A 12-bit MONOCHROME2 DX film with patient identifiers the app must never show."""
+    return make_dicom((np.clip(pixels, 0, 1) * 4095).astype(np.uint16), "MONOCHROME2", 12,
+                      PatientName="Browser^Secret", PatientID="ID-BROWSER-777", PatientAge="003Y", PatientSex="M")
+
+
+@pytest.fixture()
+def weights_root(tmp_path, tiny_model_dir) -> Path:
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, root / "tiny")
+    (root / "ACTIVE").write_text("tiny\n")
+    return root
+
+
+def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp_path):
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    rng = np.random.default_rng(7)
+    files = [{"name": "film.png", "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, True, 320))},
+             {"name": "study.dcm", "mimeType": "application/dicom",
+              "buffer": dicom_bytes(synthetic_film(rng, False, 288))}]
+    ARTIFACTS.mkdir(exist_ok=True)
+    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 2000})
+                page.goto(url, wait_until="domcontentloaded")
+                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
+                metrics = page.locator('[data-testid="stMetricValue"]')
+                expect(metrics).to_have_count(2, timeout=90_000)
+                expect(page.get_by_text("a relative map", exact=False)).to_have_count(2, timeout=30_000)
+                page.wait_for_function(  # film + overlay for each file, actually decoded by the browser
+                    "() => [...document.querySelectorAll('[data-testid=stImage] img')]"
+                    ".filter(i => i.complete && i.naturalWidth > 0).length >= 4", timeout=30_000)
+                probabilities = metrics.all_inner_texts()
+                body = page.inner_text("body")
+                page.screenshot(path=str(ARTIFACTS / "browser_predict.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop_streamlit(proc)
+    assert all(t.strip().endswith("%") for t in probabilities), probabilities
+    assert "DX" in body and "MONOCHROME2" in body            # the DICOM's metadata panel
+    assert "Browser^Secret" not in body and "ID-BROWSER-777" not in body and "Secret" not in body
+    assert "Traceback" not in body
+    assert (ARTIFACTS / "browser_predict.png").stat().st_size > 10_000

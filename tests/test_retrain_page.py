@@ -1,0 +1,300 @@
+"""The Retrain page with streamlit.testing.v1.AppTest over the real app.py: data checks, a job started,
+watched (by two sessions) and cancelled from the page, a finished job's comparison with promote and
+rollback, failures shown with their log. The weights folder is temporary; the one job that runs is a
+real worker process on tiny synthetic films."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_dataset
+from pneumo_core import jobs, registry
+from pneumo_core.model import CARD_FILE, WEIGHTS_FILE
+from test_jobs import worker_env
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+
+
+def _clear_caches() -> None:
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def copy_version(src: Path, root: Path, name: str) -> Path:
+    folder = root / name
+    shutil.copytree(src, folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["version"] = name
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("pagedata"), {"train": 20, "val": 5}, size=40, seed=7)
+
+
+@pytest.fixture()
+def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
+    root = tmp_path / "weights"
+    root.mkdir()
+    copy_version(tiny_model_dir, root, "base")
+    (root / "ACTIVE").write_text("base\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    monkeypatch.delenv("PNEUMO_JOBS_DIR", raising=False)
+    worker_env(monkeypatch)
+    _clear_caches()
+    yield root
+    for job in jobs.list_jobs():
+        if not job.finished:
+            jobs.cancel_job(job.id)
+            pid = json.loads((job.dir / jobs.WORKER).read_text())["pid"]
+            subprocess.run(["kill", "-9", f"-{pid}"], check=False, capture_output=True)
+    _clear_caches()
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page("pages/retrain.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, key: str):
+    return next(b for b in at.button if b.key == key)
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def check_folder(at: AppTest, path: Path | str) -> AppTest:
+    """Type a folder and press Enter: the page reads it at once."""
+    at.text_input(key="retrain_folder").set_value(str(path))
+    return run(at)
+
+
+def test_page_lists_versions_and_waits_for_data(weights):
+    at = open_page()
+    assert at.title[0].value == "Retrain"
+    versions = at.dataframe[0].value
+    assert list(versions.version) == ["base"] and bool(versions.active.iloc[0])
+    assert button(at, "retrain_start").disabled
+    assert button(at, "retrain_rollback").disabled                 # nothing was active before
+    assert not errors(at)
+
+
+def test_folder_check_shows_counts_settings_and_an_estimate(weights, data, tmp_path):
+    at = check_folder(open_page(), tmp_path / "missing")
+    assert any("not a folder" in e for e in errors(at))
+    assert button(at, "retrain_start").disabled
+
+    at = check_folder(at, data)
+    assert not errors(at)
+    counts = at.dataframe[0].value
+    assert counts.loc["train/", "NORMAL"] == 20 and counts.loc["val/", "PNEUMONIA"] == 5
+    assert counts.loc["train/", "total"] == 40
+    assert any("50 readable films" in s.value for s in at.success)
+    assert any("No external/" in w.value for w in at.warning)
+    card = json.loads((weights / "base" / CARD_FILE).read_text())
+    assert at.number_input(key="retrain_size_active").value == card["input"]["size"]    # the active model's
+    assert at.number_input(key="retrain_epochs_active").value == 10
+    estimate = next(i.value for i in at.info if "Estimated time" in i.value)
+    assert "CPU" in estimate and "img/s" in estimate
+    assert not button(at, "retrain_start").disabled
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, payload in entries.items():
+            zf.writestr(name, payload)
+    return buf.getvalue()
+
+
+def test_bad_zip_uploads_are_rejected_cleanly(weights, data):
+    at = open_page()
+    at.radio(key="retrain_source").set_value("upload")
+    run(at)
+    at.file_uploader(key="retrain_zip").set_value(("data.zip", _zip({"../../evil.png": b"x"}), "application/zip"))
+    run(at)
+    assert any("cannot be used" in e and "outside the archive" in e for e in errors(at))
+    assert button(at, "retrain_start").disabled
+
+    few = {f"NORMAL/n{i}.png": (data / "train" / "NORMAL" / f"normal_{i:03d}.png").read_bytes() for i in range(3)}
+    few |= {f"PNEUMONIA/p{i}.png": (data / "train" / "PNEUMONIA" / f"pneumonia_{i:03d}.png").read_bytes()
+            for i in range(3)}
+    few["PNEUMONIA/notes.txt"] = b"not a film"
+    at.file_uploader(key="retrain_zip").set_value(("few.zip", _zip(few), "application/zip"))
+    run(at)
+    assert any("Too few training films" in e for e in errors(at))
+    assert any("Unreadable files (1)" in x.label for x in at.expander)
+    assert button(at, "retrain_start").disabled
+    assert "Traceback" not in str(at._tree)
+    uploads = weights / ".jobs" / jobs.UPLOADS
+    assert len(list(uploads.iterdir())) == 1                         # the rejected archive's folder is gone
+
+
+def _epoch_shown(at: AppTest) -> int:
+    metric = next((m for m in at.metric if m.label == "Epoch"), None)
+    return int(metric.value.split("/")[0]) if metric else 0
+
+
+def test_start_watch_from_two_sessions_and_cancel_from_the_page(weights, data):
+    at = check_folder(open_page(), data)
+    at.number_input(key="retrain_epochs_active").set_value(200)
+    at.number_input(key="retrain_size_active").set_value(32)
+    at.selectbox(key="retrain_batch_active").set_value(16)
+    run(at)
+    button(at, "retrain_start").click()
+    run(at)
+    assert any(h.value == "Training in progress" for h in at.subheader)
+    [job] = jobs.list_jobs()
+    assert not job.finished
+    assert any(f"Training job {job.id} started" in s.value for s in at.success)
+
+    other = open_page()                                             # another browser, another session
+    assert any(h.value == "Training in progress" for h in other.subheader)
+    assert any(job.id in c.value for c in other.caption)
+    other.switch_page("pages/metrics.py").run()                     # leave the page and come back
+    other.switch_page("pages/retrain.py").run()
+    assert any(h.value == "Training in progress" for h in other.subheader)
+
+    deadline = time.monotonic() + 300
+    while _epoch_shown(at) < 1:
+        assert time.monotonic() < deadline, jobs.get_job(job.id).log_tail()
+        time.sleep(1)
+        run(at)
+    assert at.get("plotly_chart")                                   # loss and AUC by epoch
+    button(at, "retrain_cancel").click()
+    run(at)
+    deadline = time.monotonic() + 120
+    while not any("Last job" in m.value for m in at.markdown):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+        run(at)
+    assert any("Cancelled" in w.value and "unchanged" in w.value for w in at.warning)
+    assert registry.active_name(weights) == "base"
+    assert [v.name for v in registry.list_versions(weights)] == ["base"]
+
+
+@pytest.fixture()
+def finished_job(weights, tiny_model_dir, data, tmp_path) -> tuple[jobs.Job, dict]:
+    """What a successful job leaves: a new version with its comparison, and the job's state."""
+    candidate = copy_version(tiny_model_dir, tmp_path, "cand-v")
+    card = json.loads((candidate / CARD_FILE).read_text())
+    comparison = jobs._compare(candidate, card, data, {"path": str(weights / "base"), "version": "base"}, 50, "cpu")
+    (candidate / "comparison.json").write_text(json.dumps(comparison))
+    version = registry.add_version(candidate, weights)
+    job_dir = weights / ".jobs" / "20990101-000000-aaaaaa"
+    job_dir.mkdir(parents=True)
+    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 2, "image_size": 32},
+                                                 "base": {"kind": "active", "version": "base"},
+                                                 "data": {"counts": {"train": {"NORMAL": 20, "PNEUMONIA": 20}}},
+                                                 "data_name": "pagedata"}))
+    (job_dir / jobs.STATE).write_text(json.dumps({"status": "succeeded", "phase": "ended", "version": version,
+                                                  "history": card["history"], "finished": "2099-01-01T00:00:00",
+                                                  "message": f"New model version {version} is ready."}))
+    return jobs.get_job(job_dir.name), comparison
+
+
+def test_finished_job_compares_side_by_side_then_promote_and_rollback(weights, finished_job):
+    from appkit.text import fmt_ci
+
+    job, comparison = finished_job
+    at = open_page()
+    assert any("Last job: finished" in m.value for m in at.markdown)
+    assert any("cand-v is ready" in s.value for s in at.success)
+    assert len(at.table) == 1 and list(at.table[0].value.columns) == ["Active: base", "New: cand-v"]
+    table = at.table[0].value
+    for who, column in (("active", "Active: base"), ("candidate", "New: cand-v")):
+        summary = comparison["splits"]["val"][who]["balanced"]
+        assert table.loc["AUC", column] == fmt_ci(summary["auc"], summary["ci95"]["auc"])
+
+    button(at, "retrain_promote_new").click()
+    run(at)
+    assert registry.active_name(weights) == "cand-v"
+    assert any("cand-v is now the active model" in s.value for s in at.success)
+    assert any("cand-v" in m.value for m in at.sidebar.markdown)     # every page now uses it
+    assert any("cand-v is the active model" in i.value for i in at.info)
+
+    rollback = button(at, "retrain_rollback")
+    assert rollback.label == "Roll back to base" and not rollback.disabled
+    rollback.click()
+    run(at)
+    assert registry.active_name(weights) == "base"
+    assert any("base is the active model again" in s.value for s in at.success)
+
+
+def test_tampered_version_is_not_promoted_from_the_page(weights, tiny_model_dir):
+    bad = copy_version(tiny_model_dir, weights, "bad")
+    (bad / WEIGHTS_FILE).write_bytes((bad / WEIGHTS_FILE).read_bytes()[:-100])
+    at = open_page()
+    at.selectbox(key="retrain_version_pick").set_value("bad")
+    run(at)
+    button(at, "retrain_promote").click()
+    run(at)
+    assert any("Not promoted" in e and "sha256" in e for e in errors(at))
+    assert registry.active_name(weights) == "base"
+
+
+def test_failed_and_killed_jobs_show_a_clear_message_and_the_log(weights):
+    job_dir = weights / ".jobs" / "20990101-000000-bbbbbb"
+    job_dir.mkdir(parents=True)
+    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 3}}))
+    (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
+    (job_dir / jobs.LOG).write_text("epoch 1/3  loss=0.6931\n")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": None}))
+    at = open_page()
+    assert any("stopped unexpectedly" in e and "unchanged" in e for e in errors(at))
+    assert any("epoch 1/3" in c.value for c in at.code)
+    assert any(h.value == "New training job" for h in at.subheader)  # and a new job can be set up
+
+
+def test_progress_counts_down_from_the_last_epoch_or_the_estimate(tmp_path):
+    import datetime as dt
+
+    from appkit.retrain import fmt_duration, progress
+
+    (tmp_path / "state.json").write_text("{}")
+    written = (tmp_path / "state.json").stat().st_mtime
+    job = jobs.Job("j", tmp_path, {"status": "running", "history": [
+        {"epoch": 2, "train_loss": 0.5, "val_auc": 0.8, "eta_s": 100.0}]}, {"config": {"epochs": 5}})
+    p = progress(job, now=written + 30)
+    assert (p["epoch"], p["epochs"], p["fraction"], p["metric"]) == (2, 5, 0.4, 0.8)
+    assert p["eta_s"] == pytest.approx(70) and progress(job, now=written + 500)["eta_s"] == 0
+    created = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    fresh = jobs.Job("j", tmp_path, {"status": "running", "history": [], "created": created.isoformat()},
+                     {"config": {"epochs": 5}, "estimate": {"seconds": 600}})
+    assert progress(fresh, now=created.timestamp() + 60)["eta_s"] == pytest.approx(540)
+    assert [fmt_duration(s) for s in (45, 600, 7200, None)] == ["45 s", "10 min", "2.0 h", "–"]
+
+
+def test_counts_table_shows_a_carved_validation_split(data):
+    from appkit.retrain import counts_frame
+    from pneumo_core.datacheck import validate_dataset
+
+    df = counts_frame(validate_dataset(data / "train"))
+    assert list(df.index) == ["train/", "val/ (carved from train/)"]
+    assert df.loc["val/ (carved from train/)", "NORMAL"] == 2 and df["total"].sum() == 40
