@@ -6,7 +6,7 @@ Starts `streamlit run app.py` on a free localhost port and drives Debian's headl
 Playwright. Each run opens a fresh session, uploads the film and stops the clock when the
 probability and both images (film and Grad-CAM overlay) are decoded by the browser. The first
 upload after the server starts also loads the model and is reported apart. Goal: <= 1.5 s (warm).
-Uses the active model in weights/ unless --model; the film defaults to a synthetic 1500x1200 JPEG.
+Uses the active model in weights/ unless --model; the film defaults to a real external/ film enlarged to 1500x1200 JPEG.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CHROMIUM, CHROMIUM_ARGS, ROOT, start_streamlit, stop_streamlit, synthetic_jpeg  # noqa: E402
+from bench.common import CHROMIUM, CHROMIUM_ARGS, ROOT, start_streamlit, stop_streamlit, clinic_size_jpeg  # noqa: E402
 DONE = ("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 1 && "
         "[...document.querySelectorAll('[data-testid=stImage] img')]"
         ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
@@ -56,14 +56,14 @@ def upload_to_overlay(browser, url: str, name: str, data: bytes) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: the active model in weights/)")
-    ap.add_argument("--film", help="film to upload (default: synthetic 1500x1200 JPEG, a new one per run)")
+    ap.add_argument("--film", help="film to upload (default: a real film enlarged to 1500x1200 JPEG, new bytes per run)")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
         root = weights_root(args.model, Path(tmp))
-        film = (lambda i: Path(args.film).read_bytes()) if args.film else (lambda i: synthetic_jpeg(np.random.default_rng(i)))
+        film = (lambda i: Path(args.film).read_bytes()) if args.film else (lambda i: clinic_size_jpeg(np.random.default_rng(i)))
         name = Path(args.film).name if args.film else "film.jpg"
         proc, url = start_streamlit(root, Path(tmp) / "streamlit.log")
         try:

@@ -5,7 +5,7 @@
 Goal: 100 films <= 30 s on the 2-core CPU machine. The time covers what the page does after the
 upload: decode every file from bytes, the guard, batched prediction, thumbnails, sorting. Films
 come from --films (default: the shared Kermany external/ folders, 224 px films), cycled to N, or
-are synthetic 1500x1200 JPEGs (a clinic film's size) with --synthetic or when that folder is missing. Uses the active model in weights/ unless --model.
+are real films enlarged to 1500x1200 JPEGs (a clinic film's size) with --synthetic or when that folder is missing. Uses the active model in weights/ unless --model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from appkit.analysis import Upload  # noqa: E402
 from appkit.triage import triage  # noqa: E402
-from bench.common import DATA, load_predictor, synthetic_jpeg  # noqa: E402
+from bench.common import DATA, load_predictor, clinic_size_jpeg  # noqa: E402
 
 DEFAULT_FILMS = DATA / "external"
 
@@ -35,14 +35,14 @@ def load_uploads(folder: Path, n: int) -> tuple[list[Upload], str]:
                    for i in range(n)]
         return uploads, f"{len(files)} real films from {folder}"
     rng = np.random.default_rng(0)
-    return [Upload.of(f"synthetic_{i:03d}.jpg", synthetic_jpeg(rng)) for i in range(n)], "synthetic 1500x1200 JPEGs"
+    return [Upload.of(f"synthetic_{i:03d}.jpg", clinic_size_jpeg(rng)) for i in range(n)], "real films enlarged to 1500x1200 JPEGs"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: the active model in weights/)")
     ap.add_argument("--films", default=str(DEFAULT_FILMS))
-    ap.add_argument("--synthetic", action="store_true", help="synthetic 1500x1200 JPEGs (full-size films)")
+    ap.add_argument("--synthetic", action="store_true", help="films enlarged to 1500x1200 JPEGs (a clinic film's size)")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--operating-point", default="balanced")

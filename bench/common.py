@@ -13,12 +13,22 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"      # the project's data, beside the checkout
 
 
-def synthetic_jpeg(rng: np.random.Generator, h: int = 1500, w: int = 1200) -> bytes:
-    """A clinic-sized grey JPEG with two dark lung fields (decode and resize cost of a real film)."""
-    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    img = 0.65 + 0.05 * rng.standard_normal((h, w))
-    for cx in (0.32, 0.68):
-        img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] -= 0.4
+def clinic_size_jpeg(rng: np.random.Generator, h: int = 1500, w: int = 1200) -> bytes:
+    """A clinic-sized grey JPEG (the decode and resize cost of a real film), new bytes per call.
+
+    It is a real film of external/ enlarged, with faint noise so every call hashes differently (no cache
+    helps); a drawn stand-in only when the data is absent, which the OOD guard will rightly reject.
+    """
+    films = sorted((DATA / "external" / "PNEUMONIA").glob("*.jpeg")) if DATA.is_dir() else []
+    if films:
+        src = np.asarray(Image.open(films[int(rng.integers(len(films)))]).convert("L"), dtype=np.float32) / 255
+        img = np.asarray(Image.fromarray((src * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC),
+                         dtype=np.float32) / 255 + 0.01 * rng.standard_normal((h, w))
+    else:
+        yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+        img = 0.65 + 0.05 * rng.standard_normal((h, w))
+        for cx in (0.32, 0.68):
+            img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] -= 0.4
     buf = io.BytesIO()
     Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()

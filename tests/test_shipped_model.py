@@ -1,0 +1,62 @@
+"""The model shipped in weights/: loads with its sha checked, says how it was made, and behaves on real films.
+
+Uses a few films of external/ (the shared data beside the checkout); skips only when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pneumo_core.predict import Predictor, predict_files
+from pneumo_core.registry import active_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = ROOT / "weights"
+EXTERNAL = ROOT.parent / "shared" / "data" / "chest_xray" / "external"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Path:
+    return active_model_dir(WEIGHTS)
+
+
+def test_shipped_weights_are_small_fp16_and_the_card_is_complete(shipped):
+    card = json.loads((shipped / "card.json").read_text())
+    assert (shipped / "model.safetensors").stat().st_size < 20 * 2**20
+    assert card["initialisation"]["kind"] == "scratch"
+    assert any("scratch" in n.lower() for n in card["notes"])          # the card says how it was made
+    assert set(card["operating_points"]) == {"balanced", "high_sensitivity"}
+    assert card["calibration"]["fitted_on"].rstrip("/") == "external"
+    for split in ("test", "external"):
+        assert (shipped / "evaluation" / f"{split}.json").is_file()
+        assert "ci95" in card["metrics"][split]["balanced"]
+    assert card["ood"]["sha256"]                                      # its guard is shipped with it
+
+
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="shared data not present")
+def test_shipped_model_separates_real_films_and_accepts_them(shipped):
+    films = [(p, 0) for p in sorted((EXTERNAL / "NORMAL").iterdir())[:12]] + \
+            [(p, 1) for p in sorted((EXTERNAL / "PNEUMONIA").iterdir())[:12]]
+    records = list(predict_files(Predictor.from_dir(shipped), [p for p, _ in films]))
+    assert [r.status for r in records] == ["ok"] * len(films)
+    auc = roc_auc_score([y for _, y in films], [r.probability for r in records])
+    assert auc > 0.85, auc
+
+
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="shared data not present")
+def test_contract_predict_uses_the_active_model_by_default(tmp_path):
+    film = next((EXTERNAL / "PNEUMONIA").iterdir())
+    env = {"PATH": "/usr/bin:/bin", "PNEUMO_WEIGHTS_DIR": str(WEIGHTS)}
+    out = subprocess.run([sys.executable, "-m", "pneumo_core", "predict", "--json", str(film)], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout.strip().splitlines()[0])
+    assert record["status"] == "ok" and record["model_version"] == active_model_dir(WEIGHTS).name
+    assert record["threshold"] == pytest.approx(
+        json.loads((active_model_dir(WEIGHTS) / "card.json").read_text())["operating_points"]["balanced"]["threshold"])
