@@ -74,3 +74,16 @@ def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
 @pytest.fixture()
 def film_png(tmp_path) -> Path:
     return write_png(tmp_path / "film.png", synthetic_film(np.random.default_rng(1), True, 96))
+
+
+def copy_model_version(src: Path, root: Path, name: str) -> Path:
+    """A copy of the model folder ``src`` as version ``name`` under the weights root ``root``."""
+    import json
+    import shutil
+
+    folder = root / name
+    shutil.copytree(src, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["version"] = name
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder

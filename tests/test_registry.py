@@ -4,26 +4,16 @@ and the ``models`` CLI. Versions are copies of conftest's tiny model in a tempor
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import synthetic_film, write_png
+from conftest import synthetic_film, write_png, copy_model_version
 from pneumo_core import registry
 from pneumo_core.cli import main
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model
-
-
-def make_version(root: Path, name: str, src: Path) -> Path:
-    folder = root / name
-    shutil.copytree(src, folder)
-    card = json.loads((folder / CARD_FILE).read_text())
-    card["version"] = name
-    (folder / CARD_FILE).write_text(json.dumps(card))
-    return folder
 
 
 def tamper(folder: Path, *, truncate: bool = False) -> None:
@@ -41,7 +31,7 @@ def root(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     root = tmp_path / "weights"
     root.mkdir()
     for name in ("v1", "v2"):
-        make_version(root, name, tiny_model_dir)
+        copy_model_version(tiny_model_dir, root, name)
     (root / "ACTIVE").write_text("v1\n")
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
     return root
@@ -106,7 +96,7 @@ def test_promote_and_rollback_switch_what_predict_uses(root, film, capsys):
 
 
 def test_rollback_walks_back_and_skips_broken_versions(root, tiny_model_dir):
-    make_version(root, "v3", tiny_model_dir)
+    copy_model_version(tiny_model_dir, root, "v3")
     registry.promote("v2", root)
     registry.promote("v3", root)
     assert registry.read_history(root)["previous"] == ["v1", "v2"]
@@ -140,13 +130,13 @@ def test_tampered_or_truncated_active_weights_are_refused_with_a_clear_message(r
 
 
 def test_add_version_arrives_whole_never_active_and_never_overwrites(root, tiny_model_dir, tmp_path):
-    incoming = make_version(tmp_path, "v1", tiny_model_dir)      # its card says v1, which is taken
+    incoming = copy_model_version(tiny_model_dir, tmp_path, "v1")      # its card says v1, which is taken
     name = registry.add_version(incoming, root)
     assert name == "v1-2" and not incoming.exists()
     assert json.loads((root / name / CARD_FILE).read_text())["version"] == "v1-2"
     assert load_model(root / name).version == "v1-2"            # weights untouched: the sha still matches
     assert registry.active_name(root) == "v1"
-    broken = make_version(tmp_path, "v9", tiny_model_dir)
+    broken = copy_model_version(tiny_model_dir, tmp_path, "v9")
     tamper(broken)
     with pytest.raises(ModelLoadError):
         registry.add_version(broken, root)

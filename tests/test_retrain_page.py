@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest import make_dataset
+from conftest import make_dataset, copy_model_version
 from pneumo_core import jobs, registry
 from pneumo_core.model import CARD_FILE, WEIGHTS_FILE
 from test_jobs import worker_env
@@ -32,15 +31,6 @@ def _clear_caches() -> None:
     st.cache_data.clear()
 
 
-def copy_version(src: Path, root: Path, name: str) -> Path:
-    folder = root / name
-    shutil.copytree(src, folder)
-    card = json.loads((folder / CARD_FILE).read_text())
-    card["version"] = name
-    (folder / CARD_FILE).write_text(json.dumps(card))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("pagedata"), {"train": 20, "val": 5}, size=40, seed=7)
@@ -50,7 +40,7 @@ def data(tmp_path_factory) -> Path:
 def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     root = tmp_path / "weights"
     root.mkdir()
-    copy_version(tiny_model_dir, root, "base")
+    copy_model_version(tiny_model_dir, root, "base")
     (root / "ACTIVE").write_text("base\n")
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
     monkeypatch.delenv("PNEUMO_JOBS_DIR", raising=False)
@@ -200,7 +190,7 @@ def test_start_watch_from_two_sessions_and_cancel_from_the_page(weights, data):
 @pytest.fixture()
 def finished_job(weights, tiny_model_dir, data, tmp_path) -> tuple[jobs.Job, dict]:
     """What a successful job leaves: a new version with its comparison, and the job's state."""
-    candidate = copy_version(tiny_model_dir, tmp_path, "cand-v")
+    candidate = copy_model_version(tiny_model_dir, tmp_path, "cand-v")
     card = json.loads((candidate / CARD_FILE).read_text())
     comparison = jobs._compare(candidate, card, data, {"path": str(weights / "base"), "version": "base"}, 50, "cpu")
     (candidate / "comparison.json").write_text(json.dumps(comparison))
@@ -246,7 +236,7 @@ def test_finished_job_compares_side_by_side_then_promote_and_rollback(weights, f
 
 
 def test_tampered_version_is_not_promoted_from_the_page(weights, tiny_model_dir):
-    bad = copy_version(tiny_model_dir, weights, "bad")
+    bad = copy_model_version(tiny_model_dir, weights, "bad")
     (bad / WEIGHTS_FILE).write_bytes((bad / WEIGHTS_FILE).read_bytes()[:-100])
     at = open_page()
     at.selectbox(key="retrain_version_pick").set_value("bad")
