@@ -329,7 +329,7 @@ def job_result_ui(job: jobs.Job, op: str) -> None:
 
 
 def _guard_notice(version: str) -> None:
-    """A new version has no out-of-distribution guard of its own; say so when the active model has one."""
+    """A version without an out-of-distribution guard (jobs fit one; a folder added by hand may lack it)."""
     try:
         new = read_card(registry.weights_root() / version)
         active = read_card(registry.active_model_dir())

@@ -464,7 +464,7 @@ def measured_throughput(device_kind: str, image_size: int = 224,
 
 def estimate_seconds(report: DatasetReport, config: Mapping[str, Any], device_kind: str, *,
                      cpu_threads: int | None = None, root: str | Path | None = None) -> tuple[float, str]:
-    """Rough wall time of a job (decode, epochs with per-epoch evaluation, calibration, comparison) and
+    """Rough wall time of a job (decode, epochs with per-epoch evaluation, calibration, comparison, OOD guard) and
     where the throughput figure came from."""
     size = int(config.get("image_size") or 224)
     measured = measured_throughput(device_kind, size, root)
@@ -493,6 +493,7 @@ def estimate_seconds(report: DatasetReport, config: Mapping[str, Any], device_ki
                + report.total / 400                          # decoding
                + epochs * (n_train / ips + 2 * (n_val + n_ext) / infer)     # raw + averaged model each epoch
                + 2 * (n_val + n_ext + n_test) / infer        # calibration and comparison with the active model
+               + (2 * n_train + 3 * n_val + n_ext + n_test) / infer   # OOD guard: train + copies, val + copies, rates
                + 10)                                         # bootstrap CIs
     return seconds, basis
 
@@ -617,6 +618,7 @@ def _outcome(exc: BaseException) -> tuple[str, str, int]:
 def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> str:
     from .data import discover_splits
     from .train import TrainConfig, _device_name, fit, pick_device
+    from .ood import fit_guard
     from .validation import calibrate_model
 
     cfg_over = dict(spec["config"])
@@ -658,6 +660,9 @@ def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _Ca
     _log("calibrating and evaluating the new model")
     n_boot = int(spec.get("bootstrap", 1000))
     card = switch.run(calibrate_model, model_dir, data, n_boot=n_boot, log=_log, device=device)
+    _log("fitting the out-of-distribution guard")         # a new version screens its inputs like the shipped one
+    save(phase="fitting the out-of-distribution guard")
+    switch.run(fit_guard, model_dir, data, log=_log)
     compare = base if base["kind"] == "active" else base.get("compare_with")
     comparison = switch.run(_compare, model_dir, card, data, compare, n_boot, device)
     atomic_write_json(model_dir / "comparison.json", comparison)

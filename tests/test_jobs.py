@@ -21,6 +21,8 @@ import pytest
 from filelock import FileLock
 
 from conftest import make_dataset, synthetic_film, write_png
+from pneumo_core.io import read_xray
+from pneumo_core.predict import Predictor
 from pneumo_core import jobs, registry
 from pneumo_core.cli import main
 from pneumo_core.datacheck import DatasetError
@@ -117,6 +119,8 @@ def test_job_runs_to_completion_with_observable_progress(weights, data, capsys):
         for who in both.values():
             assert 0 <= who["balanced"]["auc"] <= 1 and len(who["balanced"]["ci95"]["auc"]) == 2
     load_model(folder)                                                # complete and intact
+    assert card["ood"]["threshold"] > 0 and (folder / "ood.safetensors").is_file()   # screens inputs too
+    assert Predictor.from_dir(folder).check(read_xray(next((data / "val" / "NORMAL").iterdir()))) is None
 
     assert not any((job.dir / d).exists() for d in jobs.TEMP_DIRS)   # temporary data removed
     assert "epoch 2/2" in job.log_tail()
