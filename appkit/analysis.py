@@ -9,13 +9,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from pneumo_core.errors import PneumoError, UnreadableImageError
+from pneumo_core.errors import UnreadableImageError
 from pneumo_core.explain import Explanation, explain
 from pneumo_core.io import XrayImage, read_xray
-from pneumo_core.predict import Prediction, Predictor
-
-# A model failure on one film is reported on that film, never as a traceback.
-MODEL_ERRORS = (PneumoError, RuntimeError, ValueError)
+from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor
 
 
 @dataclass(frozen=True)

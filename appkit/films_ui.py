@@ -8,9 +8,9 @@ from typing import Sequence
 import streamlit as st
 
 from pneumo_core.explain import METHODS, Explanation, overlay
-from pneumo_core.predict import Prediction
+from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure
 
-from .analysis import MODEL_ERRORS, Film, Upload, decode
+from .analysis import Film, Upload, decode
 from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
 from .model import ActiveModel
 from .report import pdf_report
@@ -75,7 +75,7 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
             exp = film.explanation(model.predictor, method, op)
             pred = film.prediction(model.predictor, op)
         except MODEL_ERRORS as exc:
-            st.error(f"The model could not analyse this film ({type(exc).__name__}).")
+            st.error(model_failure(exc))
             return
         shown = shrink(film.image.pixels, DISPLAY_SIDE)
         col_film.image(to_uint8(shown), caption="Film", width="stretch")

@@ -12,11 +12,10 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from pneumo_core.errors import UnreadableImageError
-from pneumo_core.guard import model_free_reason
 from pneumo_core.io import XrayImage, read_xray
-from pneumo_core.predict import Predictor, Record
+from pneumo_core.predict import MODEL_ERRORS, Predictor, Record, model_failure, screened_record
 
-from .analysis import MODEL_ERRORS, Upload
+from .analysis import Upload
 from .images import thumbnail_uri
 
 FLAG_POINT = "high_sensitivity"
@@ -48,28 +47,19 @@ def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str
     rows: list[TriageRow] = []
     pending: list[tuple[Upload, XrayImage, str]] = []
 
-    def rejected(up: Upload, image: XrayImage, thumb: str, reason: str) -> TriageRow:
-        return TriageRow(Record(up.name, "rejected", message=f"Not analysed: {reason}", model_version=predictor.version,
-                                threshold=thr, operating_point=name, warnings=image.warnings), False, up.sha, thumb)
-
     def score() -> None:
-        """The model's guard and prediction for the pending films, from one forward pass per batch."""
+        """The model's whole check and prediction for the pending films (one forward pass per batch; films the
+        model-free checks refuse are not run through the network)."""
         try:
             screened = predictor.screen_many([im for _, im, _ in pending], name, batch_size=batch_size)
         except MODEL_ERRORS as exc:
-            screened = [None] * len(pending)
-            failure = f"The model could not analyse this film ({type(exc).__name__})."
-        for (up, image, thumb), s in zip(pending, screened):
-            if s is None:
-                rows.append(TriageRow(Record(up.name, "error", message=failure, model_version=predictor.version),
-                                      False, up.sha, thumb))
-            elif s.reason:
-                rows.append(rejected(up, image, thumb, s.reason))
-            else:
-                pred = s.prediction
-                rows.append(TriageRow(Record(up.name, "ok", pred.probability, pred.label, pred.threshold,
-                                             pred.model_version, operating_point=name, warnings=pred.warnings),
-                                      pred.probability >= flag_thr, up.sha, thumb))
+            rows.extend(TriageRow(Record(up.name, "error", message=model_failure(exc),
+                                         model_version=predictor.version), False, up.sha, thumb)
+                        for up, _, thumb in pending)
+        else:
+            for (up, image, thumb), s in zip(pending, screened):
+                rec = screened_record(up.name, image, s, name, thr, predictor.version)
+                rows.append(TriageRow(rec, rec.status == "ok" and rec.probability >= flag_thr, up.sha, thumb))
         pending.clear()
 
     for i, up in enumerate(uploads):
@@ -79,11 +69,7 @@ def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str
             rows.append(TriageRow(Record(up.name, "error", message=str(exc), model_version=predictor.version),
                                   False, up.sha))
         else:
-            thumb = thumbnail_uri(image.pixels)
-            if reason := model_free_reason(image):        # no forward pass needed to refuse it
-                rows.append(rejected(up, image, thumb, reason))
-            else:
-                pending.append((up, image, thumb))
+            pending.append((up, image, thumbnail_uri(image.pixels)))
         if len(pending) >= batch_size:
             score()
         if progress:

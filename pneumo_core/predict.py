@@ -19,7 +19,7 @@ import torch
 
 from .errors import PneumoError, UnreadableImageError
 from .evaluate import sigmoid
-from .guard import model_free_reason
+from .guard import LATERAL_VIEWS, model_free_reason
 from .io import XrayImage, read_xray
 from .model import LABELS, LoadedModel, load_model
 from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
@@ -180,16 +180,37 @@ def clinical_warnings(image: XrayImage, probability: float, threshold: float, te
     """What a radiologist should know before trusting the number."""
     notes = []
     view = str(image.metadata.get("view_position") or "").upper()
-    if view in {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"}:
+    if view in LATERAL_VIEWS:
         notes.append(f"Lateral view ({view}): the model was trained on frontal films only.")
     age = image.metadata.get("patient_age_years")
     if isinstance(age, (int, float)) and age > PEDIATRIC_MAX_AGE:
-        notes.append(f"Patient older than the pediatric training population (1–5 years): "
+        notes.append("Patient older than the pediatric training population (1–5 years): "
                      "the model is not validated for this age.")
     z = lambda q: np.log(max(q, 1e-9) / max(1 - q, 1e-9))  # noqa: E731
     if abs(z(probability) - z(threshold)) < NEAR_THRESHOLD_LOGIT:
         notes.append("Low confidence: the probability is close to the decision threshold.")
     return tuple(notes)
+
+
+# A model failure on one film is reported on that film (a record, a message), never raised through a batch.
+MODEL_ERRORS = (PneumoError, ValueError, RuntimeError)
+
+
+def model_failure(exc: BaseException) -> str:
+    return f"The model could not analyse this film ({type(exc).__name__})."
+
+
+def screened_record(file: str, image: XrayImage, screened: Screened, operating_point: str, threshold: float,
+                    model_version: str, *, allow_rejected: bool = False) -> Record:
+    """The contract record of one screened film: rejected with its reason, or ok (marked outside validated
+    use when a rejected film is analysed anyway)."""
+    reason, pred = screened.reason, screened.prediction
+    if reason and not allow_rejected:
+        return Record(file, "rejected", message=f"Not analysed: {reason}", model_version=model_version,
+                      threshold=threshold, operating_point=operating_point, warnings=tuple(image.warnings))
+    return Record(file, "ok", pred.probability, pred.label, pred.threshold, pred.model_version,
+                  message=("Outside validated use: " + reason) if reason else "",
+                  operating_point=operating_point, warnings=pred.warnings)
 
 
 def predict_files(predictor: Predictor, paths: Iterable[str | Path], operating_point: str | None = None,
@@ -209,15 +230,7 @@ def predict_files(predictor: Predictor, paths: Iterable[str | Path], operating_p
             continue
         try:
             screened = predictor.screen_many([image], name, predict_rejected=allow_rejected)[0]
-        except (PneumoError, ValueError, RuntimeError) as exc:   # a model failure on one film must not stop a batch
-            yield Record(shown, "error", message=f"The model could not analyse this film ({type(exc).__name__}).",
-                         model_version=predictor.version)
+        except MODEL_ERRORS as exc:
+            yield Record(shown, "error", message=model_failure(exc), model_version=predictor.version)
             continue
-        reason, pred = screened.reason, screened.prediction
-        if reason and not allow_rejected:
-            yield Record(shown, "rejected", message=f"Not analysed: {reason}", model_version=predictor.version,
-                         threshold=thr, operating_point=name, warnings=tuple(image.warnings))
-            continue
-        yield Record(shown, "ok", pred.probability, pred.label, pred.threshold, pred.model_version,
-                     message=("Outside validated use: " + reason) if reason else "",
-                     operating_point=name, warnings=pred.warnings)
+        yield screened_record(shown, image, screened, name, thr, predictor.version, allow_rejected=allow_rejected)
