@@ -1,7 +1,10 @@
-"""The active model: loaded once per (folder, weights sha), shared read-only by every session.
+"""The active model: loaded once per (folder, weights sha, files on disk), shared read-only by every session.
 
 Keying the cache on the card's weights sha means a newly promoted model (``weights/ACTIVE``
 rewritten, or the folder's weights replaced) is picked up on the next rerun, without a restart.
+Keying it on the files' stat too means a file changed on disk is loaded again, and every load checks
+the sha256 of the weights and of the OOD guard against the card: a tampered file is refused, said so,
+and nothing is served from it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any, Mapping
 import streamlit as st
 
 from pneumo_core.errors import PneumoError
-from pneumo_core.model import CARD_FILE, read_card
+from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, read_card
+from pneumo_core.ood import OOD_FILE
 from pneumo_core.predict import Predictor
 from pneumo_core.registry import active_model_dir
 from pneumo_core.validation import load_evaluation
@@ -44,7 +48,7 @@ class ActiveModel:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def _predictor(path: str, weights_sha: str) -> Predictor:   # weights_sha: part of the cache key only
+def _predictor(path: str, files_key: str) -> Predictor:   # files_key: part of the cache key only
     return Predictor.from_dir(path)
 
 
@@ -61,7 +65,21 @@ def load_active() -> ActiveModel:
     ood = card.get("ood")
     if isinstance(ood, dict) and ood.get("sha256"):           # a guard fitted later is picked up too
         sha += f"+ood:{ood['sha256']}"
-    return ActiveModel(folder, sha, _predictor(str(folder), sha))
+    # A file replaced or edited on disk changes its stat, so the next rerun loads it again, and that load
+    # checks its sha256: a tampered file stops being served (the error shows) instead of lingering in memory.
+    files = [(card.get("weights") or {}).get("file") or WEIGHTS_FILE]
+    if isinstance(ood, dict):
+        files.append(ood.get("file") or OOD_FILE)
+    stamp = "+".join(_stat(folder / str(name)) for name in files)
+    return ActiveModel(folder, sha, _predictor(str(folder), f"{sha}@{stamp}"))
+
+
+def _stat(path: Path) -> str:
+    try:
+        st_ = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st_.st_size}:{st_.st_mtime_ns}:{st_.st_ino}"
 
 
 def active_model_or_error() -> tuple[ActiveModel | None, str | None]:

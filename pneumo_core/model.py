@@ -249,7 +249,8 @@ def read_card(model_dir: str | Path) -> dict[str, Any]:
 
 
 def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
-    """Load a model folder for inference. The weights' sha256 must match the card's (unless verify=False)."""
+    """Load a model folder for inference. The card must record the weights' sha256 and the file must match it
+    (checked on every load; ``verify=False`` only for tests of the check itself)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"Model folder not found: {model_dir}")
@@ -258,7 +259,10 @@ def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", ver
     if not weights.is_file():
         raise ModelLoadError(f"The model in {model_dir.name} has no weights file.")
     expected = card.get("weights", {}).get("sha256")
-    if verify and expected and sha256_file(weights) != expected:
+    if verify and not expected:
+        raise ModelLoadError(f"The card of model {card.get('version', model_dir.name)} records no sha256 for its "
+                             f"weights, so they cannot be checked. Refusing to use them.")
+    if verify and sha256_file(weights) != expected:
         raise ModelLoadError(
             f"The weights of model {card.get('version', model_dir.name)} do not match their card "
             f"(sha256 differs): the file was changed or truncated. Refusing to use it."
