@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .errors import ModelLoadError, PneumoError
 from .registry_cli import add_registry_commands
+from .trust_cli import add_trust_commands, cli_audit, cli_audit_many, file_sha256
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -50,6 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    pending: list[dict] = []
     for rec in predict_files(predictor, _expand(args.files), args.operating_point,
                              allow_rejected=args.analyse_anyway):
         if args.json:
@@ -57,7 +59,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             prob = f"{rec.probability:.3f}" if rec.probability is not None else "  -  "
             print(f"{rec.status:8} {prob}  {rec.label or '':9}  {rec.file}  {rec.message}", flush=True)
+        if not args.no_audit:
+            pending.append(_audit_fields(rec))
+            if len(pending) >= 64:
+                cli_audit_many("predict", pending)
+                pending.clear()
+    if pending:
+        cli_audit_many("predict", pending)
     return EXIT_OK
+
+
+def _audit_fields(rec) -> dict:
+    """An audit event for a record: the file's sha256 (never its name), result, probability, operating point."""
+    return {"input_sha256": file_sha256(rec.file), "result": rec.label or rec.status, "probability": rec.probability,
+            "operating_point": rec.operating_point, "threshold": rec.threshold, "model_version": rec.model_version,
+            "detail": "analysed anyway, outside validated use" if rec.status == "ok" and any(
+                w.startswith("Outside validated use") for w in rec.warnings) else None}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -128,6 +145,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     exp = explain(predictor, image, method=args.method, operating_point=args.operating_point)
     atomic_write_bytes(Path(args.out), encode_png(overlay(image.pixels, exp.normalised, alpha=args.alpha)))
     p = exp.prediction
+    cli_audit("explain", p.label, input_sha256=file_sha256(args.file), probability=p.probability,
+              operating_point=p.operating_point, threshold=p.threshold, model_version=p.model_version,
+              detail="analysed anyway, outside validated use" if reason else None)
     print(json.dumps({"file": args.file, "probability": p.probability, "label": p.label, "threshold": p.threshold,
                       "operating_point": p.operating_point, "model_version": p.model_version,
                       "method": exp.method, "target": exp.target, "out": args.out}))
@@ -171,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line and file")
     p.add_argument("--analyse-anyway", action="store_true", help="score films the guard rejects (outside validated use)")
+    p.add_argument("--no-audit", action="store_true", help="do not record these predictions in the audit log")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_predict)
 
@@ -225,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-negatives", action="store_true", help="skip measuring the built-in non-chest images")
     p.set_defaults(func=cmd_fit_guard)
     add_registry_commands(sub)        # models list|promote|rollback, jobs start|status|cancel
+    add_trust_commands(sub)           # set-admin-password, audit export|verify|tail
     return ap
 
 

@@ -596,8 +596,20 @@ def run_worker(job_dir: str | Path) -> int:
     _remove_temp(job_dir)
     save(status=status, phase="ended", finished=_now(), message=message)
     _log(f"{status}: {message}")
+    _audit_outcome(job_dir, status, state.get("version"))
     lock.release()
     return rc
+
+
+def _audit_outcome(job_dir: Path, status: str, version: str | None) -> None:
+    """The job's ending in the audit log (who started it is recorded by the app or the CLI)."""
+    from .audit import AuditError, record
+
+    try:
+        record("training_finished", role="job", session=f"job:{job_dir.name}", result=status, model_version=version,
+               detail=f"job {job_dir.name}")
+    except AuditError as exc:
+        _log(f"audit log not written: {exc}")
 
 
 def _outcome(exc: BaseException) -> tuple[str, str, int]:

@@ -44,7 +44,14 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_promote(args: argparse.Namespace) -> int:
     from .registry import promote
 
-    before = promote(args.version)
+    from .trust_cli import cli_audit
+
+    try:
+        before = promote(args.version)
+    except Exception as exc:
+        cli_audit("promote", "failed", model_version=args.version, detail=type(exc).__name__)
+        raise
+    cli_audit("promote", "succeeded", model_version=args.version, detail=f"was {before}" if before else None)
     print(f"active model: {args.version}" + (f" (was {before})" if before and before != args.version else ""))
     return EXIT_OK
 
@@ -52,8 +59,15 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     from .registry import active_name, rollback
 
+    from .trust_cli import cli_audit
+
     before = active_name()
-    now = rollback()
+    try:
+        now = rollback()
+    except Exception as exc:
+        cli_audit("rollback", "failed", model_version=before, detail=type(exc).__name__)
+        raise
+    cli_audit("rollback", "succeeded", model_version=now, detail=f"was {before}")
     print(f"active model: {now} (was {before})")
     return EXIT_OK
 
@@ -85,7 +99,10 @@ def cmd_jobs_start(args: argparse.Namespace) -> int:
     config = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                 "image_size": args.image_size, "device": args.device, "max_images": args.max_images,
                                 "seed": args.seed}.items() if v is not None}
+    from .trust_cli import cli_audit
+
     job = start_job(args.data, base=args.base, config=config, bootstrap=args.bootstrap)
+    cli_audit("start_training", "succeeded", detail=f"job {job.id}; base {args.base}")
     print(f"started job {job.id} (log: {job.log_path})", flush=True)
     if not args.wait:
         return EXIT_OK
@@ -104,7 +121,10 @@ def cmd_jobs_start(args: argparse.Namespace) -> int:
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     from .jobs import cancel_job
 
+    from .trust_cli import cli_audit
+
     job = cancel_job(args.job)
+    cli_audit("cancel_training", "succeeded" if not job.finished else "no-op", detail=f"job {job.id}")
     print(f"{job.id}: {'already ' + job.status if job.finished else 'cancel requested'}")
     return EXIT_OK
 

@@ -23,7 +23,7 @@ from filelock import FileLock
 from conftest import make_dataset, synthetic_film, write_png
 from pneumo_core.io import read_xray
 from pneumo_core.predict import Predictor
-from pneumo_core import jobs, registry
+from pneumo_core import audit, jobs, registry
 from pneumo_core.cli import main
 from pneumo_core.datacheck import DatasetError
 from pneumo_core.errors import ModelLoadError
@@ -127,6 +127,8 @@ def test_job_runs_to_completion_with_observable_progress(weights, data, capsys):
     assert main(["jobs", "status"]) == 0                             # the CLI sees the same job
     assert f"{job.id}  succeeded" in capsys.readouterr().out
     FileLock(str(weights / ".jobs" / jobs.TRAIN_LOCK)).acquire(timeout=0).lock.release()   # lock released
+    [ended] = audit.events(actions=["training_finished"])           # the ending is in the audit log
+    assert (ended["role"], ended["result"], ended["model_version"]) == ("job", "succeeded", version)
 
 
 def test_second_job_is_refused_and_cancel_stops_the_first(weights, data):
@@ -145,6 +147,7 @@ def test_second_job_is_refused_and_cancel_stops_the_first(weights, data):
     assert "unchanged" in job.message
     assert registry_snapshot(weights) == before
     assert not (job.dir / "view").exists() and job.log_path.stat().st_size > 0      # data gone, log kept
+    assert [e["result"] for e in audit.events(actions=["training_finished"])] == ["cancelled"]
 
 
 def test_killed_worker_leaves_the_registry_consistent_and_the_lock_recoverable(weights, data, tmp_path, capsys):

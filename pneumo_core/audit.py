@@ -1,0 +1,209 @@
+"""The audit log: who did what with which model, in SQLite (WAL), one atomic transaction per event.
+
+Each event holds the time (UTC), the role and account that acted, the session, the action, the model
+version, the input's sha256, the result, the probability, the operating point and its threshold, and a
+short detail from the app's own vocabulary. Never a file name, a DICOM header value or anything else
+that could name, identify or date a patient: the sha256 lets an auditor match a film they hold without
+the log holding it.
+
+Events are chained: each row stores the sha256 of the previous row's hash and its own fields, so an
+edited or deleted row is detected by ``verify_chain`` (``python -m pneumo_core audit verify``). The chain
+is extended inside ``BEGIN IMMEDIATE``, so concurrent writers (many app sessions, the CLI) serialise.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sqlite3
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import PneumoError
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ("id", "time", "role", "actor", "session", "action", "model_version", "input_sha256", "result",
+           "probability", "operating_point", "threshold", "detail", "prev_hash", "hash")
+_HASHED = COLUMNS[1:13]          # the fields the chain covers
+GENESIS = "0" * 64
+MAX_DETAIL = 300
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    role TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    session TEXT NOT NULL,
+    action TEXT NOT NULL,
+    model_version TEXT,
+    input_sha256 TEXT CHECK (input_sha256 IS NULL OR length(input_sha256) = 64),
+    result TEXT NOT NULL,
+    probability REAL,
+    operating_point TEXT,
+    threshold REAL,
+    detail TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE INDEX IF NOT EXISTS events_action ON events (action);
+"""
+
+
+class AuditError(PneumoError):
+    """The audit log cannot be written or read."""
+
+
+def audit_path() -> Path:
+    """``$PNEUMO_AUDIT_DB`` or ``var/audit.sqlite3`` beside the package."""
+    return Path(os.environ.get("PNEUMO_AUDIT_DB") or ROOT / "var" / "audit.sqlite3")
+
+
+def _connect(path: Path | None) -> sqlite3.Connection:
+    path = Path(path) if path else audit_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)   # explicit transactions only
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")       # an acknowledged event survives a power cut
+        conn.executescript(SCHEMA)
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return conn
+    except (sqlite3.Error, OSError) as exc:
+        raise AuditError(f"The audit log {path.name} cannot be opened ({type(exc).__name__}: {exc}).") from None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _row_hash(prev_hash: str, fields: Sequence[Any]) -> str:
+    payload = json.dumps([prev_hash, *fields], separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def _clean_sha(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = str(value).lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("input_sha256 must be a sha256 hex digest")
+    return value
+
+
+def _clean_float(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def event(action: str, *, role: str, result: str, actor: str | None = None, session: str = "-",
+          model_version: str | None = None, input_sha256: str | None = None, probability: float | None = None,
+          operating_point: str | None = None, threshold: float | None = None, detail: str | None = None) -> list:
+    """One event's chained fields, validated (a malformed sha256 raises ValueError)."""
+    return [_now(), str(role), str(actor or role), str(session), str(action), model_version,
+            _clean_sha(input_sha256), str(result), _clean_float(probability), operating_point,
+            _clean_float(threshold), (str(detail)[:MAX_DETAIL] if detail else None)]
+
+
+def record_many(items: Sequence[list], path: str | Path | None = None) -> list[int]:
+    """Append ``event(...)`` rows in one atomic transaction (all or none); returns their ids."""
+    if not items:
+        return []
+    try:
+        with closing(_connect(path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+                prev = last[0] if last else GENESIS
+                ids = []
+                for fields in items:
+                    digest = _row_hash(prev, fields)
+                    cur = conn.execute(f"INSERT INTO events ({', '.join(COLUMNS[1:])}) VALUES "
+                                       f"({', '.join('?' * (len(COLUMNS) - 1))})", [*fields, prev, digest])
+                    ids.append(int(cur.lastrowid))
+                    prev = digest
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return ids
+    except sqlite3.Error as exc:
+        raise AuditError(f"The audit log could not be written ({type(exc).__name__}: {exc}).") from None
+
+
+def record(action: str, *, path: str | Path | None = None, **fields: Any) -> int:
+    """Append one event atomically (see ``event`` for the fields); returns its id. AuditError when the log
+    cannot be written."""
+    return record_many([event(action, **fields)], path)[0]
+
+
+def writable(path: str | Path | None = None) -> str | None:
+    """None when the log can be written now, else why not (admin actions are refused without a log)."""
+    try:
+        with closing(_connect(path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        return None
+    except (AuditError, sqlite3.Error) as exc:
+        return str(exc)
+
+
+def events(*, path: str | Path | None = None, limit: int | None = None, actions: Sequence[str] | None = None,
+           since: str | None = None, until: str | None = None, newest_first: bool = True) -> list[dict[str, Any]]:
+    """Events as dicts (chain columns included), filtered by action and ISO time bounds."""
+    where, args = [], []
+    if actions:
+        where.append(f"action IN ({', '.join('?' * len(actions))})")
+        args.extend(actions)
+    if since:
+        where.append("time >= ?")
+        args.append(since)
+    if until:
+        where.append("time < ?")
+        args.append(until)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM events" + (f" WHERE {' AND '.join(where)}" if where else "")
+    sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'}" + (" LIMIT ?" if limit else "")
+    if limit:
+        args.append(int(limit))
+    try:
+        with closing(_connect(path)) as conn:
+            return [dict(zip(COLUMNS, row)) for row in conn.execute(sql, args)]
+    except sqlite3.Error as exc:
+        raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
+
+
+def _iter_rows(path: str | Path | None) -> Iterator[tuple]:
+    with closing(_connect(path)) as conn:
+        yield from conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY id ASC")
+
+
+def verify_chain(path: str | Path | None = None) -> tuple[int, int | None]:
+    """(events checked, id of the first event whose chain breaks or None). Detects edits and deletions."""
+    prev, n = GENESIS, 0
+    try:
+        for row in _iter_rows(path):
+            rec = dict(zip(COLUMNS, row))
+            if rec["prev_hash"] != prev or _row_hash(prev, [rec[c] for c in _HASHED]) != rec["hash"]:
+                return n, rec["id"]
+            prev, n = rec["hash"], n + 1
+    except sqlite3.Error as exc:
+        raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
+    return n, None
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> bytes:
+    """CSV bytes (UTF-8, a header row) of ``events()`` rows."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")
