@@ -1,15 +1,18 @@
-"""Streamlit entry point: page config, navigation over pages/, and the shared sidebar."""
+"""Streamlit entry point: page config, sign-in, navigation over pages/ (by role), and the shared sidebar."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from appkit.auth_ui import ADMIN, account_sidebar_ui, signin_gate
 from appkit.frame import app_pages, mark_app_frame
 from appkit.sidebar import sidebar_ui
 
 st.set_page_config(page_title="Pneumonia decision support", page_icon="🫁", layout="wide")
 
-nav = st.navigation(app_pages())   # Predict, Triage, Metrics, Retrain (pages/*.py)
-sidebar_ui()                       # before the page runs, so the operating point is set for it
+role = signin_gate()                                  # stops here until an OIDC sign-in, when OIDC is configured
+nav = st.navigation(app_pages(admin=role == ADMIN))   # viewers: Predict, Triage, Metrics; admins: + Retrain, Audit
+sidebar_ui()                                          # before the page runs, so the operating point is set for it
+account_sidebar_ui()
 mark_app_frame()
 nav.run()

@@ -17,15 +17,21 @@ from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor
 
 @dataclass(frozen=True)
 class Upload:
-    """Bytes as uploaded (kept in memory, never written to disk) and their content hash."""
+    """Bytes as uploaded (kept in memory, never written to disk) and their content hash; ``refusal`` says why
+    the app will not analyse it (a size cap, the rate limit), and then the bytes are dropped."""
 
     name: str
     data: bytes = field(repr=False)
     sha: str = ""
+    refusal: str | None = None
+    retry: bool = False          # refused for now only (the rate limit): analyse on a later run
 
     @classmethod
     def of(cls, name: str, data: bytes) -> "Upload":
         return cls(name, data, hashlib.sha256(data).hexdigest())
+
+    def refused(self, reason: str, *, retry: bool = False) -> "Upload":
+        return Upload(self.name, b"", self.sha, reason, retry)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Film:
     """A decoded film (or why it could not be read), the guard's verdict, and results so far."""
 
     name: str
+    sha: str = ""
     image: XrayImage | None = None
     error: str | None = None
     rejection: str | None = None
@@ -55,12 +62,14 @@ class Film:
 
 def decode(upload: Upload, predictor: Predictor) -> Film:
     """Read the upload and run the model's whole check (model-free checks, then its OOD guard if it has one)."""
+    if upload.refusal:
+        return Film(upload.name, upload.sha, error=upload.refusal)
     try:
         image = read_xray(upload.data, name=upload.name)
     except UnreadableImageError as exc:
-        return Film(upload.name, error=str(exc))
+        return Film(upload.name, upload.sha, error=str(exc))
     try:
         rejection = predictor.check(image)
     except MODEL_ERRORS as exc:     # the check could not run: refuse rather than pass the film unchecked
         rejection = f"The out-of-distribution check could not run ({type(exc).__name__})."
-    return Film(upload.name, image=image, rejection=rejection)
+    return Film(upload.name, upload.sha, image=image, rejection=rejection)

@@ -11,36 +11,70 @@ from pneumo_core.explain import METHODS, Explanation, overlay
 from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure
 
 from .analysis import Film, Upload, decode
+from .auth_ui import audit_once
 from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
+from .limits import RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
 from .text import card_summary, fmt_pct, metadata_rows, op_description
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
+RATE_KEY = "_rate_limiter"       # session: RateLimiter
+SEEN_KEY = "_analysed"           # session: sha256 of films already analysed (counted once against the limit)
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
                  "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 
 
 def uploads_ui(label: str, *, key: str, help: str | None = None) -> list[Upload]:
-    """Uploaded files as bytes in memory (type sniffed by the core, so no ``type=`` filter); duplicates once."""
-    files = st.file_uploader(label, accept_multiple_files=True, key=key, help=help or f"Accepted: {ACCEPTED}.")
+    """Uploaded files as bytes in memory (type sniffed by the core, so no ``type=`` filter); duplicates once.
+    Files past this server's size caps or this session's rate limit come back refused (with the reason)."""
+    lim = UploadLimits.from_env()
+    files = st.file_uploader(label, accept_multiple_files=True, key=key,
+                             help=help or f"Accepted: {ACCEPTED}. Up to {lim.max_file_bytes // 2**20} MB per file "
+                                          f"and {lim.max_files} films per batch.") or []
+    admission = admit([f.size for f in files], lim)
+    for notice in admission.notices:
+        st.warning(notice, icon=":material/block:")
     uploads: dict[str, Upload] = {}
-    for f in files or []:
+    for i, f in enumerate(files):
         up = Upload.of(f.name, f.getvalue())
-        uploads.setdefault(up.sha, up)
-    if len(uploads) < len(files or []):
+        uploads.setdefault(up.sha, up.refused(admission.refused[i]) if i in admission.refused else up)
+    if len(uploads) < len(files):
         st.caption(f"{len(files) - len(uploads)} identical file(s) are shown once.")
-    return list(uploads.values())
+    return rate_limited(list(uploads.values()), lim)
+
+
+def rate_limited(uploads: list[Upload], lim: UploadLimits) -> list[Upload]:
+    """Films this session has not had analysed yet count against its rate limit; those past it are refused
+    for now (and analysed on a later run, once the window has room)."""
+    limiter = st.session_state.get(RATE_KEY)
+    if limiter is None or (limiter.limit, limiter.window_s) != (lim.rate_films, lim.rate_window_s):
+        limiter = st.session_state[RATE_KEY] = RateLimiter(lim.rate_films, lim.rate_window_s)
+    seen: set[str] = st.session_state.setdefault(SEEN_KEY, set())
+    new = [u for u in uploads if not u.refusal and u.sha not in seen]
+    granted = limiter.take(len(new))
+    seen.update(u.sha for u in new[:granted])
+    blocked = {u.sha for u in new[granted:]}
+    if not blocked:
+        return uploads
+    wait = limiter.retry_after()
+    reason = (f"Not analysed: this session's limit of {lim.rate_films} films per {lim.rate_window_s // 60} min "
+              f"is reached. Try again in {max(1, round(wait))} s.")
+    st.warning(f"{len(blocked)} film(s) were not analysed: this session may have {lim.rate_films} films analysed "
+               f"per {lim.rate_window_s // 60} min. They will be analysed when you come back to this page in "
+               f"{max(1, round(wait))} s.", icon=":material/hourglass_top:")
+    return [u.refused(reason, retry=True) if u.sha in blocked else u for u in uploads]
 
 
 def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> list[Film]:
-    """Decoded films for these uploads, kept in this session only while they stay uploaded."""
+    """Decoded films for these uploads, kept in this session only while they stay uploaded (refused ones are
+    not kept, so a film refused by the rate limit is analysed on a later run)."""
     key = f"_films_{namespace}"
     model_key, cached = st.session_state.get(key) or (None, {})
     if model_key != model.key:
         cached = {}
-    films = {u.sha: cached.get(u.sha) or decode(u, model.predictor) for u in uploads}
-    st.session_state[key] = (model.key, films)
+    films = {u.sha: (None if u.retry else cached.get(u.sha)) or decode(u, model.predictor) for u in uploads}
+    st.session_state[key] = (model.key, {u.sha: films[u.sha] for u in uploads if not u.retry})
     return [films[u.sha] for u in uploads]
 
 
@@ -58,11 +92,15 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
         st.markdown(f"##### {_escape(film.name)}")
         if film.error:
             st.error(f"**This file could not be read.** {film.error}", icon=":material/block:")
+            audit_once(("predict", film.sha, "error"), "predict", "error", input_sha256=film.sha,
+                       model_version=model.version)
             return
         outside = None
         if film.rejection:
             st.error(f"**Rejected: this does not look like a chest film the model can assess.** {film.rejection}",
                      icon=":material/report:")
+            audit_once(("predict", film.sha, "rejected"), "predict", "rejected", input_sha256=film.sha,
+                       model_version=model.version)
             if not st.checkbox("Analyse anyway (outside validated use)", key=f"force_{key}"):
                 st.image(to_uint8(shrink(film.image.pixels, 256)), caption="The uploaded image")
                 return
@@ -77,6 +115,10 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
         except MODEL_ERRORS as exc:
             st.error(model_failure(exc))
             return
+        audit_once(("predict", film.sha, pred.operating_point, model.key, bool(outside)), "predict", pred.label,
+                   input_sha256=film.sha, model_version=pred.model_version, probability=pred.probability,
+                   operating_point=pred.operating_point, threshold=pred.threshold,
+                   detail="analysed anyway, outside validated use" if outside else None)
         shown = shrink(film.image.pixels, DISPLAY_SIDE)
         col_film.image(to_uint8(shown), caption="Film", width="stretch")
         cam_slot.image(overlay(shown, exp.normalised, alpha=alpha), width="stretch",

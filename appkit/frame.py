@@ -15,14 +15,20 @@ FRAME_KEY = "_in_app_frame"
 RETRIED_KEY = "_app_frame_retried"
 
 
-def app_pages() -> list:
-    """The app's pages (paths relative to app.py); app.py passes them to st.navigation."""
-    return [
+def app_pages(admin: bool) -> list:
+    """The app's pages (paths relative to app.py); app.py passes them to st.navigation. Admin pages are
+    listed for admins only (and check the role themselves too, see ``auth_ui.require_admin_page``)."""
+    pages = [
         st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
         st.Page("pages/triage.py", title="Triage", icon=":material/format_list_numbered:"),
         st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
-        st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
     ]
+    if admin:
+        pages += [
+            st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
+            st.Page("pages/audit.py", title="Audit log", icon=":material/policy:"),
+        ]
+    return pages
 
 
 def mark_app_frame() -> None:
@@ -38,5 +44,5 @@ def require_app_frame() -> None:
     if st.session_state.get(RETRIED_KEY):      # still alone after a rerun (e.g. a page tested on its own)
         return
     st.session_state[RETRIED_KEY] = True
-    st.navigation(app_pages(), position="hidden")
+    st.navigation(app_pages(admin=True), position="hidden")     # only to reach app.py; it applies the role
     st.rerun()

@@ -20,6 +20,7 @@ from pneumo_core.errors import ModelLoadError, PneumoError
 from pneumo_core.model import imagenet_weights_path, read_card
 
 from . import charts
+from .auth_ui import audit_event, require_admin_action
 from .retrain import (BASE_LABELS, STATUS_WORDS, comparison_frame, comparison_splits, counts_frame, fmt_duration,
                       progress, unreadable_frame, versions_frame)
 from .text import op_label
@@ -218,12 +219,19 @@ def _device_ui() -> str:
 
 
 def _start(data: dict, base: str, config: dict) -> None:
+    if refused := require_admin_action("start_training"):
+        flash(f"**The job was not started.** {refused}", error=True)
+        return
     try:
         job = jobs.start_job(data["report"].root, base=base, config=config, report=data["report"],
                              upload_dir=data["upload_dir"])
     except (PneumoError, OSError) as exc:        # OSError: the jobs folder is not writable, a lock timed out
+        audit_event("start_training", "failed", model_version=_active_version(), detail=type(exc).__name__)
         flash(f"**The job was not started.** {exc}", error=True)
         return
+    audit_event("start_training", "succeeded", model_version=_active_version(),
+                detail=f"job {job.id}; base {base}; {config['epochs']} epochs at {config['image_size']} px; "
+                       f"{data['report'].total} films")
     st.session_state.pop(DATA_KEY, None)            # an uploaded archive now belongs to the job
     flash(f"Training job {job.id} started. It runs on the server: you can leave this page and come back.")
 
@@ -276,7 +284,7 @@ def job_progress_ui(job_id: str) -> None:
     if (job.dir / jobs.CANCEL).exists():
         st.warning("Cancel requested: the job is stopping. The active model is unchanged.", icon=":material/stop:")
     else:
-        st.button("Cancel training", key="retrain_cancel", icon=":material/stop:", on_click=jobs.cancel_job,
+        st.button("Cancel training", key="retrain_cancel", icon=":material/stop:", on_click=_cancel,
                   args=(job.id,), help="Stops the job within seconds; nothing it made is kept except its log.")
     with st.expander("Log"):
         st.code(job.log_tail(30) or "(empty)", language=None)
@@ -343,23 +351,47 @@ def _guard_notice(version: str) -> None:
 
 # --------------------------------------------------------------------------- versions
 
+def _cancel(job_id: str) -> None:
+    if refused := require_admin_action("cancel_training"):
+        flash(f"**Not cancelled.** {refused}", error=True)
+        return
+    try:
+        jobs.cancel_job(job_id)
+    except PneumoError as exc:
+        audit_event("cancel_training", "failed", detail=f"job {job_id}")
+        flash(f"**Not cancelled.** {exc}", error=True)
+        return
+    audit_event("cancel_training", "succeeded", detail=f"job {job_id}")
+
+
 def _promote(version: str | None) -> None:
     if not version:
+        return
+    if refused := require_admin_action("promote"):
+        flash(f"**Not promoted.** {refused}", error=True)
         return
     try:
         before = registry.promote(version)
     except PneumoError as exc:
+        audit_event("promote", "failed", model_version=version, detail=str(exc)[:200])
         flash(f"**Not promoted.** {exc}", error=True)
         return
+    audit_event("promote", "succeeded", model_version=version, detail=f"was {before}" if before else None)
     flash(f"{version} is now the active model" + (f" (was {before})." if before else "."))
 
 
 def _rollback() -> None:
+    if refused := require_admin_action("rollback"):
+        flash(f"**Not rolled back.** {refused}", error=True)
+        return
+    before = registry.active_name()
     try:
         now = registry.rollback()
     except PneumoError as exc:
+        audit_event("rollback", "failed", model_version=before, detail=str(exc)[:200])
         flash(f"**Not rolled back.** {exc}", error=True)
         return
+    audit_event("rollback", "succeeded", model_version=now, detail=f"was {before}")
     flash(f"Rolled back: {now} is the active model again.")
 
 

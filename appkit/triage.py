@@ -63,6 +63,12 @@ def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str
         pending.clear()
 
     for i, up in enumerate(uploads):
+        if up.refusal:
+            rows.append(TriageRow(Record(up.name, "error", message=up.refusal, model_version=predictor.version),
+                                  False, up.sha))
+            if progress:
+                progress(i + 1, len(uploads))
+            continue
         try:
             image = read_xray(up.data, name=up.name)
         except UnreadableImageError as exc:

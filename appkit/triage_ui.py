@@ -7,6 +7,7 @@ from typing import Sequence
 import streamlit as st
 
 from .analysis import Upload
+from .auth_ui import audit_events
 from .model import ActiveModel
 from .text import op_label
 from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
@@ -22,7 +23,12 @@ def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> li
     rows = triage(model.predictor, uploads, op,
                   progress=lambda i, n: bar.progress(i / n, text=f"Analysed {i} of {n} films"))
     bar.empty()
-    st.session_state["_triage"] = (key, rows)
+    audit_events("triage", [{"input_sha256": r.sha, "result": r.record.label or r.record.status,
+                             "probability": r.record.probability, "operating_point": op,
+                             "threshold": r.record.threshold, "model_version": r.record.model_version or model.version}
+                            for r in rows])
+    if not any(u.retry for u in uploads):      # films refused for now (rate limit) are analysed on a later run
+        st.session_state["_triage"] = (key, rows)
     return rows
 
 

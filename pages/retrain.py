@@ -3,12 +3,14 @@ or roll back. The job runs in its own process (pneumo_core.jobs); this page only
 
 import streamlit as st
 
+from appkit.auth_ui import require_admin_page
 from appkit.frame import require_app_frame
 from appkit.model import OP_KEY
 from appkit.retrain_ui import data_ui, job_progress_ui, job_result_ui, settings_ui, show_flash, start_ui, versions_ui
 from pneumo_core import jobs
 
 require_app_frame()
+require_admin_page("retrain")
 st.title("Retrain")
 st.caption("Train a new model version on your own films. The active model keeps serving every page until you "
            "promote the new one, and a failed or cancelled job never touches it.")

@@ -13,6 +13,14 @@ from PIL import Image
 os.environ.setdefault("PNEUMO_WEIGHTS_DIR", str(Path(__file__).parent / "_no_weights_here"))
 
 
+@pytest.fixture(autouse=True)
+def _private_audit_and_secrets(tmp_path_factory, monkeypatch) -> None:
+    """Every test writes its own audit log and sees no secrets file unless it makes one (never the checkout's)."""
+    base = tmp_path_factory.mktemp("trust")
+    monkeypatch.setenv("PNEUMO_AUDIT_DB", str(base / "audit.sqlite3"))
+    monkeypatch.setenv("PNEUMO_SECRETS", str(base / "secrets.toml"))
+
+
 def synthetic_film(rng: np.random.Generator, pneumonia: bool, size: int = 64) -> np.ndarray:
     """A chest-like grey image: two dark 'lungs' in a brighter body; pneumonia adds a bright patch in a lung."""
     yy, xx = np.mgrid[0:size, 0:size] / size

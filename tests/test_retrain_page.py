@@ -18,6 +18,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import make_dataset, copy_model_version
+from conftest_app_helpers import set_password, sign_in
 from pneumo_core import jobs, registry
 from pneumo_core.model import CARD_FILE, WEIGHTS_FILE
 from test_jobs import worker_env
@@ -45,6 +46,7 @@ def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
     monkeypatch.delenv("PNEUMO_JOBS_DIR", raising=False)
     worker_env(monkeypatch)
+    set_password()
     _clear_caches()
     yield root
     for job in jobs.list_jobs():
@@ -56,8 +58,10 @@ def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
 
 
 def open_page() -> AppTest:
+    """The Retrain page for an admin (signed in through the sidebar, like a person)."""
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
+    sign_in(at)
     at.switch_page("pages/retrain.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at

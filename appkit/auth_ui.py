@@ -1,0 +1,217 @@
+"""Who is using this session (viewer or admin), the sidebar sign-in, and audit events from the app.
+
+The rules live in ``pneumo_core.auth``; this module keeps the role in ``st.session_state`` (local
+password) or reads it from ``st.user`` (OIDC), and checks it again at every admin page and every admin
+action (a button's callback re-checks: a stale page or a hand-made request gets nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets as _secrets
+import time
+from typing import Any
+
+import streamlit as st
+
+from pneumo_core import audit
+from pneumo_core.auth import (ADMIN, VIEWER, AuthError, LoginThrottle, admin_emails, admin_password_hash,
+                              oidc_configured, oidc_provider, read_secrets, role_for_user, verify_password)
+
+ROLE_KEY = "_auth"                  # session: {"role", "actor", "hash_id", "seen"} after a local admin sign-in
+SESSION_KEY = "_audit_session"      # session: a random id (not derived from anything about the user)
+PASSWORD_KEY = "_admin_password"
+ADMIN_IDLE_S = 30 * 60              # a local admin session falls back to viewer after this much inactivity
+AUDIT_WARNED_KEY = "_audit_warned"
+ENDED_KEY = "_auth_ended"           # session: why an admin session just ended (shown once in the sidebar)
+log = logging.getLogger("pneumo.app")
+
+
+@st.cache_resource
+def _throttle() -> LoginThrottle:
+    """One per server process: failed attempts count across sessions too."""
+    return LoginThrottle()
+
+
+def session_id() -> str:
+    if SESSION_KEY not in st.session_state:
+        st.session_state[SESSION_KEY] = _secrets.token_hex(8)
+    return st.session_state[SESSION_KEY]
+
+
+def _secrets_or_error() -> tuple[dict[str, Any], str | None]:
+    try:
+        return read_secrets(), None
+    except AuthError as exc:
+        return {}, str(exc)
+
+
+def _hash_id(stored: str | None) -> str | None:
+    return hashlib.sha256(stored.encode()).hexdigest()[:16] if stored else None
+
+
+def current() -> tuple[str | None, str | None]:
+    """(role, actor) of this session; role None means an OIDC sign-in is required first."""
+    conf, _ = _secrets_or_error()
+    if oidc_configured(conf):
+        user = st.user.to_dict()
+        role = role_for_user(user, admin_emails(conf))
+        return role, (str(user.get("email") or user.get("sub") or "signed-in user") if role else None)
+    state = st.session_state.get(ROLE_KEY)
+    if state and state.get("role") == ADMIN:
+        now = time.monotonic()
+        if state.get("hash_id") != _hash_id(admin_password_hash(conf)):
+            _end_admin("password changed")
+        elif now - state.get("seen", 0) > ADMIN_IDLE_S:
+            _end_admin("idle timeout")
+        else:
+            state["seen"] = now
+            return ADMIN, state.get("actor", "local-admin")
+    return VIEWER, VIEWER
+
+
+def is_admin() -> bool:
+    return current()[0] == ADMIN
+
+
+def _end_admin(reason: str) -> None:
+    if st.session_state.pop(ROLE_KEY, None):
+        st.session_state[ENDED_KEY] = f"Your admin session ended ({reason}). Sign in again to continue."
+        audit_event("sign_out", "succeeded", detail=reason, role=ADMIN, actor="local-admin")
+
+
+# --------------------------------------------------------------------------- audit
+
+def audit_event(action: str, result: str, *, role: str | None = None, actor: str | None = None,
+                **fields: Any) -> bool:
+    """Record an event for this session; False (and one toast per session) when the log cannot be written."""
+    if role is None:
+        role, actor = current()
+    return _write([audit.event(action, role=role or "anonymous", actor=actor, session=session_id(), result=result,
+                               **fields)])
+
+
+def audit_events(action: str, items: list[dict[str, Any]]) -> bool:
+    """Several events of one action in one transaction (a triage batch); same failure handling."""
+    role, actor = current()
+    return _write([audit.event(action, role=role or "anonymous", actor=actor, session=session_id(), **f)
+                   for f in items])
+
+
+def _write(rows: list[list]) -> bool:
+    try:
+        audit.record_many(rows)
+        return True
+    except audit.AuditError as exc:
+        log.error("audit log: %s", exc)
+        if not st.session_state.get(AUDIT_WARNED_KEY):       # once per session, not on every rerun
+            st.session_state[AUDIT_WARNED_KEY] = True
+            st.toast(f"The audit log cannot be written: {exc} Tell your administrator.", icon=":material/error:")
+        return False
+
+
+def audit_once(key: tuple, action: str, result: str, **fields: Any) -> None:
+    """``audit_event`` once per ``key`` in this session (reruns redraw results; they are not new events)."""
+    done = st.session_state.setdefault("_audited", set())
+    if key not in done and audit_event(action, result, **fields):
+        done.add(key)
+
+
+def require_admin_action(action: str) -> str | None:
+    """None when this session may perform an admin action now, else why not (and the refusal is audited)."""
+    role, _ = current()
+    if role != ADMIN:
+        audit_event(action, "denied", detail="not an admin")
+        return "This action needs the admin role. Sign in as admin in the sidebar."
+    if why := audit.writable():
+        return f"Admin actions are refused while the audit log cannot be written. {why}"
+    return None
+
+
+def require_admin_page(name: str) -> None:
+    """First lines of an admin page: anyone else gets a message and nothing more, also on a direct URL."""
+    if current()[0] != ADMIN:
+        audit_event("open_page", "denied", detail=name)
+        st.error("**This page is for administrators.** Sign in as admin in the sidebar to use it.",
+                 icon=":material/lock:")
+        st.stop()
+
+
+# --------------------------------------------------------------------------- sign-in UI
+
+def signin_gate() -> str:
+    """With OIDC configured, nobody goes further without signing in; returns the session's role."""
+    role, _ = current()
+    if role is not None:
+        return role
+    conf, _ = _secrets_or_error()
+    st.title("Pneumonia decision support")
+    st.info("Sign in with your hospital account to continue.", icon=":material/login:")
+    st.button("Sign in", type="primary", icon=":material/login:", key="oidc_login",
+              on_click=st.login, args=(oidc_provider(conf),) if oidc_provider(conf) else ())
+    st.stop()
+
+
+def _try_password() -> None:
+    """Form callback: check the password (throttled), set the role, audit either way, forget the password."""
+    password = st.session_state.get(PASSWORD_KEY) or ""
+    st.session_state[PASSWORD_KEY] = ""
+    conf, error = _secrets_or_error()
+    stored = admin_password_hash(conf)
+    sid = session_id()
+    wait = _throttle().wait_s(sid)
+    if wait > 0:
+        st.session_state["_auth_msg"] = f"Too many failed attempts. Try again in {wait:.0f} s."
+        audit_event("sign_in", "throttled", role=VIEWER, actor=VIEWER)
+        return
+    try:
+        ok = bool(stored) and bool(password) and verify_password(stored, password)
+    except AuthError as exc:
+        st.session_state["_auth_msg"] = str(exc)
+        return
+    if not ok:
+        _throttle().failed(sid)
+        st.session_state["_auth_msg"] = "Wrong password."
+        audit_event("sign_in", "denied", role=VIEWER, actor=VIEWER)
+        return
+    _throttle().succeeded(sid)
+    st.session_state[ROLE_KEY] = {"role": ADMIN, "actor": "local-admin", "hash_id": _hash_id(stored),
+                                  "seen": time.monotonic()}
+    st.session_state.pop("_auth_msg", None)
+    audit_event("sign_in", "succeeded", role=ADMIN, actor="local-admin")
+
+
+def _sign_out() -> None:
+    if st.session_state.pop(ROLE_KEY, None):
+        audit_event("sign_out", "succeeded", role=ADMIN, actor="local-admin")
+
+
+def account_sidebar_ui() -> None:
+    """The sidebar's account block: who is signed in, and the way in or out."""
+    conf, error = _secrets_or_error()
+    role, actor = current()
+    with st.sidebar:
+        st.markdown("#### Account")
+        if error:
+            st.error(error)
+        if oidc_configured(conf):
+            st.caption(f"Signed in as {actor} · {role}")
+            st.button("Sign out", key="oidc_logout", icon=":material/logout:", on_click=st.logout)
+            return
+        if role == ADMIN:
+            st.caption(f"Admin session (ends after {ADMIN_IDLE_S // 60} min without activity).")
+            st.button("Sign out", key="admin_logout", icon=":material/logout:", on_click=_sign_out)
+            return
+        if ended := st.session_state.pop(ENDED_KEY, None):
+            st.warning(ended, icon=":material/lock_clock:")
+        st.caption("Viewer: predict, triage and metrics.")
+        if not admin_password_hash(conf):
+            st.caption("No admin password is set on this server (`python -m pneumo_core set-admin-password`).")
+            return
+        with st.expander("Admin sign-in"):
+            with st.form("admin_signin", clear_on_submit=True, border=False):
+                st.text_input("Admin password", type="password", key=PASSWORD_KEY, autocomplete="current-password")
+                st.form_submit_button("Sign in", on_click=_try_password, icon=":material/key:")
+            if msg := st.session_state.pop("_auth_msg", None):
+                st.error(msg)

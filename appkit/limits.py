@@ -1,0 +1,115 @@
+"""Upload caps and the per-session rate limit (no Streamlit here; ``films_ui`` applies them).
+
+Caps keep one session from filling the server's memory (uploads live in memory); the rate limit keeps
+one session from monopolising the model. Both can be changed per deployment through the environment:
+
+  PNEUMO_MAX_FILE_MB      largest single upload (default 64; Streamlit's own cap is server.maxUploadSize)
+  PNEUMO_MAX_FILES        films per upload batch (default 250)
+  PNEUMO_MAX_BATCH_MB     all films of one batch together (default 512)
+  PNEUMO_RATE_FILMS       films a session may have analysed per window (default 300)
+  PNEUMO_RATE_WINDOW_S    the window, seconds (default 600)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_file_bytes: int
+    max_files: int
+    max_batch_bytes: int
+    rate_films: int
+    rate_window_s: int
+
+    @classmethod
+    def from_env(cls) -> "UploadLimits":
+        return cls(max_file_bytes=_env_int("PNEUMO_MAX_FILE_MB", 64) * 2**20,
+                   max_files=_env_int("PNEUMO_MAX_FILES", 250),
+                   max_batch_bytes=_env_int("PNEUMO_MAX_BATCH_MB", 512) * 2**20,
+                   rate_films=_env_int("PNEUMO_RATE_FILMS", 300),
+                   rate_window_s=_env_int("PNEUMO_RATE_WINDOW_S", 600))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Which of a batch's files may be analysed (indices into the batch) and why the others may not."""
+
+    accepted: tuple[int, ...]
+    refused: dict[int, str]
+    notices: tuple[str, ...]
+
+
+def admit(sizes: Sequence[int], limits: UploadLimits) -> Admission:
+    """Apply the size caps, in upload order: a file over the per-file cap is refused alone; files past the
+    batch count or the batch total are refused with a notice saying how to proceed."""
+    accepted: list[int] = []
+    refused: dict[int, str] = {}
+    notices: list[str] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if size > limits.max_file_bytes:
+            refused[i] = (f"The file is too large ({size / 2**20:,.1f} MB; this server accepts up to "
+                          f"{limits.max_file_bytes / 2**20:,.0f} MB per file).")
+        elif len(accepted) >= limits.max_files:
+            refused[i] = f"Past this server's limit of {limits.max_files} films per batch: not analysed."
+        elif total + size > limits.max_batch_bytes:
+            refused[i] = (f"Past this server's limit of {limits.max_batch_bytes / 2**20:,.0f} MB per batch: "
+                          f"not analysed.")
+        else:
+            accepted.append(i)
+            total += size
+    over = [i for i, why in refused.items() if why.startswith("Past")]
+    if over:
+        notices.append(f"{len(over)} film(s) exceed this server's batch limits ({limits.max_files} films, "
+                       f"{limits.max_batch_bytes / 2**20:,.0f} MB) and were not analysed: upload them as a "
+                       f"separate batch.")
+    return Admission(tuple(accepted), refused, tuple(notices))
+
+
+@dataclass
+class RateLimiter:
+    """Sliding window: at most ``limit`` films analysed per ``window_s`` seconds. Thread-safe; the clock is
+    injectable for tests."""
+
+    limit: int
+    window_s: float
+    clock: callable = time.monotonic
+    _times: deque = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] >= self.window_s:
+            self._times.popleft()
+
+    def take(self, n: int) -> int:
+        """Reserve up to ``n`` films now; returns how many were granted."""
+        now = self.clock()
+        with self._lock:
+            self._trim(now)
+            granted = max(0, min(n, self.limit - len(self._times)))
+            self._times.extend([now] * granted)
+            return granted
+
+    def retry_after(self) -> float:
+        """Seconds until at least one more film may be analysed (0 when one may now)."""
+        now = self.clock()
+        with self._lock:
+            self._trim(now)
+            if len(self._times) < self.limit:
+                return 0.0
+            return max(0.0, self.window_s - (now - self._times[0]))
