@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ def _check(root: Path) -> DatasetReport:
         bar.empty()
 
 
+def outside_data_roots(path: str) -> str | None:
+    """Why this server folder may not be used (None: it may). ``PNEUMO_DATA_ROOTS`` (folders separated by
+    ``os.pathsep``) restricts training data to those folders; unset, any folder the server can read."""
+    roots = [Path(r).resolve() for r in os.environ.get("PNEUMO_DATA_ROOTS", "").split(os.pathsep) if r.strip()]
+    if not roots:
+        return None
+    target = Path(path).resolve()
+    if any(target == r or r in target.parents for r in roots):
+        return None
+    return ("This server only trains on films under: " + ", ".join(str(r) for r in roots) +
+            " (PNEUMO_DATA_ROOTS). Copy the data there, or upload a .zip.")
+
+
 def _discard_upload(current: dict | None) -> None:
     if current and current.get("upload_dir"):
         remove_tree(current["upload_dir"])
@@ -84,6 +98,8 @@ def data_ui() -> dict | None:
             return None
         if not current or current["key"] != path:
             try:
+                if refused := outside_data_roots(path):
+                    raise DatasetError(refused)
                 current = {"kind": "folder", "key": path, "report": _check(Path(path)), "upload_dir": None}
             except (DatasetError, OSError) as exc:
                 reason = str(exc) if isinstance(exc, DatasetError) else \

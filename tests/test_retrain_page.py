@@ -292,3 +292,18 @@ def test_counts_table_shows_a_carved_validation_split(data):
     df = counts_frame(validate_dataset(data / "train"))
     assert list(df.index) == ["train/", "val/ (carved from train/)"]
     assert df.loc["val/ (carved from train/)", "NORMAL"] == 2 and df["total"].sum() == 40
+
+
+def test_data_roots_restrict_which_server_folders_can_be_used(weights, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_DATA_ROOTS", str(tmp_path / "allowed"))
+    at = check_folder(open_page(), data)
+    assert any("only trains on films under" in e for e in errors(at))
+    assert button(at, "retrain_start").disabled
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "films").symlink_to(data, target_is_directory=True)        # a link out of the root is still outside
+    at = check_folder(at, allowed / "films")
+    assert any("only trains on films under" in e for e in errors(at))
+    monkeypatch.setenv("PNEUMO_DATA_ROOTS", str(data.parent))
+    at = check_folder(open_page(), data)
+    assert not errors(at) and not button(at, "retrain_start").disabled
