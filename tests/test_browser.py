@@ -87,3 +87,42 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
     assert "Browser^Secret" not in body and "ID-BROWSER-777" not in body and "Secret" not in body
     assert "Traceback" not in body
     assert (ARTIFACTS / "browser_predict.png").stat().st_size > 10_000
+
+
+def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_path):
+    """A viewer who types /retrain on a freshly started server gets no admin widget; the admin password
+    typed into the sidebar opens Retrain and the Audit log; the audit log records both, without names."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest_app_helpers import ADMIN_PASSWORD, set_password
+    from pneumo_core import audit
+
+    set_password()
+    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                page.goto(f"{url}/retrain", wait_until="domcontentloaded")     # the first request of the server
+                expect(page.get_by_text("Upload one or several frontal chest radiographs", exact=False).or_(
+                    page.get_by_text("for administrators", exact=False)).first).to_be_visible(timeout=90_000)
+                viewer_body = page.inner_text("body")
+                sidebar = page.locator('[data-testid="stSidebar"]')
+                sidebar.get_by_text("Admin sign-in").click()
+                sidebar.get_by_label("Admin password").fill(ADMIN_PASSWORD)
+                sidebar.get_by_role("button", name="Sign in").click()
+                expect(sidebar.get_by_text("Admin session", exact=False)).to_be_visible(timeout=60_000)
+                page.get_by_role("link", name="Retrain").click()
+                expect(page.get_by_text("Model versions")).to_be_visible(timeout=60_000)
+                page.get_by_role("link", name="Audit log").click()
+                expect(page.get_by_text("Hash chain intact", exact=False)).to_be_visible(timeout=60_000)
+            finally:
+                browser.close()
+    finally:
+        stop_streamlit(proc)
+    assert "Start training" not in viewer_body and "Model versions" not in viewer_body
+    assert "Traceback" not in viewer_body
+    actions = [(e["action"], e["result"]) for e in audit.events(newest_first=False)]
+    assert ("sign_in", "succeeded") in actions
