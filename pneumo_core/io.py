@@ -290,17 +290,25 @@ def pil_to_unit(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
         im = im.convert("RGBA")
     elif im.mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")                    # CMYK, YCbCr, LAB, HSV, ...
-    a = np.asarray(im, dtype=np.float64) / 255.0
+    # A 50-Mpixel colour film is 1.2 GB here as float64: scaled and masked in place, tested for colour by
+    # blocks of rows, and dropped before the grey is scaled (bench/fuzz_ingest.py measured RSS over 4 GB).
+    a = np.asarray(im, dtype=np.float64)
+    a /= 255.0
     if a.ndim == 2:
         return to_unit_range(a, 0, 1), 8
     if im.mode in ("LA", "RGBA"):
-        alpha, a = a[..., -1], a[..., :-1]
+        alpha, a = a[..., -1:], a[..., :-1]
         if alpha.max() > 0 and alpha.min() < 1:   # an all-zero alpha (some BMPs) is ignored
-            a = a * alpha[..., None]
+            a *= alpha
             notes.append("Transparent areas were shown on black.")
-    if a.shape[-1] >= 3 and np.ptp(a[..., :3], axis=-1).max() > 2 / 255:
+        del alpha
+    if a.shape[-1] < 3:
+        return to_unit_range(a[..., 0], 0, 1), 8
+    if max(float(np.ptp(a[i:i + 256, :, :3], axis=-1).max()) for i in range(0, len(a), 256)) > 2 / 255:
         notes.append(WARN_COLOUR)
-    return to_unit_range(luminance(a) if a.shape[-1] >= 3 else a[..., 0], 0, 1), 8
+    gray = luminance(a)
+    del a
+    return to_unit_range(gray, 0, 1), 8
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -351,28 +359,36 @@ def check_dicom_header(ds: pydicom.Dataset) -> tuple[int, int, int]:
     if not ts.is_encapsulated and len(ds.PixelData) < get_expected_length(ds):
         raise UnreadableImageError("The DICOM image data is incomplete (the file is truncated or corrupt).")
     if ts.is_encapsulated:
-        check_codestream(next(generate_frames(ds.PixelData, number_of_frames=frames), b""))
+        check_codestream(next(generate_frames(ds.PixelData, number_of_frames=frames), b""), rows, cols)
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples == 1 and ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2", None):
         raise UnsupportedImageError("This DICOM colour encoding (e.g. palette colour) is not supported.")
     return rows, cols, frames
 
 
-def check_codestream(frame: bytes) -> None:
-    """Refuse a JPEG / JPEG 2000 frame whose own header declares a huge image (a bomb)."""
-    width = height = 0
+def check_codestream(frame: bytes, rows: int = 0, columns: int = 0) -> None:
+    """Refuse a JPEG / JPEG 2000 frame whose own header declares a huge image (a bomb), no size, or more
+    rows / columns than the dataset: decoders allocate what the frame declares before pydicom finds the
+    mismatch (found by bench/fuzz_ingest.py: a JPEG-LS height of 0 grew libjpeg to 24 GB; 7071x4096
+    declared in a 224x224 film took 16 s)."""
+    width = height = None
     if frame[:2] == b"\xff\xd8":
         try:
             from pydicom.pixels.utils import _get_jpg_parameters  # private: guarded
         except ImportError:
             return
         info = _get_jpg_parameters(frame)
-        width, height = info.get("width", 0), info.get("height", 0)
+        if "height" in info:
+            width, height = info.get("width", 0), info["height"]
     elif frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:   # J2K SOC + SIZ
         x, y, x0, y0 = struct.unpack_from(">4I", frame, 8)
         width, height = x - x0, y - y0
+    if width is None:
+        return
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
         check_size(width, height)
+    if width <= 0 or height <= 0 or (rows and height > rows) or (columns and width > columns):
+        raise UnreadableImageError(MSG_DICOM_CORRUPT)
 
 
 def apply_modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
