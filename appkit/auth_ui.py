@@ -141,11 +141,16 @@ def require_admin_page(name: str) -> None:
 # --------------------------------------------------------------------------- sign-in UI
 
 def signin_gate() -> str:
-    """With OIDC configured, nobody goes further without signing in; returns the session's role."""
+    """With OIDC configured, nobody goes further without signing in; returns the session's role. A secrets
+    file that cannot be read stops everything (it may hold the sign-in settings: fail closed)."""
+    conf, error = _secrets_or_error()
+    if error:
+        st.error(f"**The app cannot start: its settings are unreadable.** {error} Tell your administrator.",
+                 icon=":material/lock:")
+        st.stop()
     role, _ = current()
     if role is not None:
         return role
-    conf, _ = _secrets_or_error()
     st.title("Pneumonia decision support")
     st.info("Sign in with your hospital account to continue.", icon=":material/login:")
     st.button("Sign in", type="primary", icon=":material/login:", key="oidc_login",

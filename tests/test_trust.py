@@ -464,3 +464,10 @@ def test_a_file_changed_on_disk_stops_being_served_at_the_next_run(weights, targ
     path.write_bytes(good)
     at.run()
     assert not any("No model is available" in e for e in errors(at))
+
+
+def test_an_unreadable_secrets_file_closes_the_app(weights):
+    Path(os.environ["PNEUMO_SECRETS"]).write_text("[auth\nclient_id = 'x'\n")
+    at = open_app()
+    assert any("settings are unreadable" in e for e in errors(at))
+    assert not at.file_uploader and not at.metric
