@@ -18,8 +18,8 @@ DICOM Rows/Columns/frames and the first JPEG/J2K frame header) before any
 pixel is decoded. Every failure is an UnreadableImageError (or subclass) with a
 fixed one-line message: no metadata value, no traceback. Only ALLOWED_METADATA
 is read; DICOM strings are taken from raw element bytes (pydicom's validation
-would echo values into warnings). Nothing is logged; no global setting of
-Pillow or pydicom is changed.
+would echo values into warnings), and pydicom's value validation is turned off
+for the same reason (the one global setting changed). No Pillow setting is changed.
 """
 
 from __future__ import annotations
@@ -313,6 +313,16 @@ def pil_to_unit(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
 
 # --------------------------------------------------------------------------- DICOM
 
+def _no_value_warnings() -> None:
+    """pydicom's value validation warns and logs with the offending value quoted (a UID, a name, a date): patient
+    data in a server log. This module never needs that validation, so it is turned off (pydicom's one global
+    setting this module changes; structural problems still raise and are refused here)."""
+    import pydicom.config
+
+    if pydicom.config.settings.reading_validation_mode != pydicom.config.IGNORE:
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     """Parse DICOM bytes (with or without preamble / file meta); require pixel data."""
     import pydicom
@@ -323,6 +333,7 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
         data = bytes(128) + data
     if b"1.2.840.10008.1.2.1.99" in data[:4096]:  # deflate: an unbounded inflate, refused
         raise UnsupportedImageError("Deflate-compressed DICOM files are not supported.")
+    _no_value_warnings()
     ds = pydicom.dcmread(BytesIO(data), force=data[128:132] != b"DICM")
     if "PixelData" not in ds or not ds.PixelData:
         if b"\xe0\x7f\x10\x00" in data:          # the tag is there: lost to a cut

@@ -47,7 +47,7 @@ from pneumo_core.errors import (  # noqa: E402
     UnreadableImageError,
     UnsupportedImageError,
 )
-from pneumo_core.io import XrayImage, read_xray  # noqa: E402
+from pneumo_core.io import XrayImage, read_dicom_dataset, read_xray  # noqa: E402
 
 F = film()                       # 256x256, 12-bit, spans exactly 0..4095
 F8 = film8(F)                    # its 8-bit quantisation (spans 0..255)
@@ -570,3 +570,21 @@ def test_xray_image_is_frozen():
     with pytest.raises(AttributeError):
         result.pixels = None  # type: ignore[misc]
     assert isinstance(result, XrayImage)
+
+
+def test_dicom_values_are_not_echoed_into_warnings_or_logs(caplog, recwarn):
+    """pydicom's value validation quotes the value it dislikes; a bad name or date must not reach a log."""
+    import logging
+
+    import numpy as np
+
+    raw = make_dicom((np.random.default_rng(0).random((64, 64)) * 4095).astype(np.uint16), "MONOCHROME2", 12,
+                     PatientName="Doe^Jane", PatientBirthDate="19990101", StudyInstanceUID="1.2.3.4")
+    raw = raw.replace(b"19990101", b"1999X101").replace(b"1.2.3.4", b"1.2.3..")
+    with caplog.at_level(logging.DEBUG):
+        image = read_xray(raw)
+        for tag in ("PatientBirthDate", "StudyInstanceUID", "PatientName"):   # what a careless caller might touch
+            getattr(read_dicom_dataset(raw), tag)
+    assert image.pixels.shape == (64, 64)
+    text = caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "1999X101" not in text and "1.2.3.." not in text and "Doe" not in text
