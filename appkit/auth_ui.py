@@ -71,10 +71,6 @@ def current() -> tuple[str | None, str | None]:
     return VIEWER, VIEWER
 
 
-def is_admin() -> bool:
-    return current()[0] == ADMIN
-
-
 def _end_admin(reason: str) -> None:
     if st.session_state.pop(ROLE_KEY, None):
         st.session_state[ENDED_KEY] = f"Your admin session ended ({reason}). Sign in again to continue."

@@ -84,6 +84,17 @@ def film_png(tmp_path) -> Path:
     return write_png(tmp_path / "film.png", synthetic_film(np.random.default_rng(1), True, 96))
 
 
+def active_weights_root(tmp_path: Path, monkeypatch, model_dir: Path, name: str = "base") -> Path:
+    """A temporary weights root (``$PNEUMO_WEIGHTS_DIR``) holding a copy of ``model_dir`` as the active
+    version ``name``: a copy, so a test may damage or replace its files."""
+    root = tmp_path / "weights"
+    root.mkdir()
+    copy_model_version(model_dir, root, name)
+    (root / "ACTIVE").write_text(f"{name}\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    return root
+
+
 def copy_model_version(src: Path, root: Path, name: str) -> Path:
     """A copy of the model folder ``src`` as version ``name`` under the weights root ``root``."""
     import json

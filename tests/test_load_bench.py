@@ -8,15 +8,13 @@ Without /usr/bin/chromium it skips locally and FAILS on CI (env CI set), like te
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
-from bench.common import CHROMIUM
 from bench.load_sessions import (check_markers_distinct, growth_flag, isolation_findings, parse_pct,
                                  probability_matches, tag_of)
+from test_browser import require_chromium
 
 OWN = "r1s001_person1_virus_6.jpeg"
 OTHERS = ["w0s000_IM-0006-0001.jpeg", "r1s002_person1_virus_60.jpeg", "r1s003_IM-0007-0001.jpeg"]
@@ -96,14 +94,6 @@ def test_growth_flag():
 
 
 # --------------------------------------------------------------------------- a real run: 3 sessions x 1 round
-
-def require_chromium() -> None:
-    if Path(CHROMIUM).is_file():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing on CI: install Debian's chromium (see .ci/run).")
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); CI runs this test.")
-
 
 def test_three_concurrent_sessions_each_get_their_own_answer(tmp_path, tiny_model_dir, synthetic_data):
     require_chromium()

@@ -17,7 +17,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest import make_dataset, copy_model_version
+from conftest import active_weights_root, copy_model_version, make_dataset
 from conftest_app_helpers import set_password, sign_in
 from pneumo_core import jobs, registry
 from pneumo_core.model import CARD_FILE, WEIGHTS_FILE
@@ -39,11 +39,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
-    root = tmp_path / "weights"
-    root.mkdir()
-    copy_model_version(tiny_model_dir, root, "base")
-    (root / "ACTIVE").write_text("base\n")
-    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    root = active_weights_root(tmp_path, monkeypatch, tiny_model_dir)
     monkeypatch.delenv("PNEUMO_JOBS_DIR", raising=False)
     worker_env(monkeypatch)
     set_password()

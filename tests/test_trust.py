@@ -20,23 +20,21 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from appkit.frame import RETRIED_KEY
 from appkit.limits import RateLimiter, UploadLimits, admit
-from conftest import copy_model_version
+from conftest import active_weights_root, copy_model_version, synthetic_film
 from conftest_app_helpers import ADMIN_PASSWORD, set_password, sign_in
 from pneumo_core import audit, registry
 from pneumo_core.auth import (ADMIN, VIEWER, AuthError, LoginThrottle, admin_password_hash, hash_password,
                               oidc_configured, read_secrets, role_for_user, set_admin_password, verify_password)
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model
-from test_app import SECRETS, dicom, errors, film, overlays, texts, upload
-from conftest import synthetic_film
-
-import numpy as np
+from test_app import SECRETS, dicom, errors, film, overlays, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -52,11 +50,7 @@ def _clear_caches() -> None:
 @pytest.fixture()
 def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     """A weights root with a real copy of the tiny model active (copies, so a test may damage them)."""
-    root = tmp_path / "weights"
-    root.mkdir()
-    copy_model_version(tiny_model_dir, root, "base")
-    (root / "ACTIVE").write_text("base\n")
-    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    root = active_weights_root(tmp_path, monkeypatch, tiny_model_dir)
     _clear_caches()
     yield root
     _clear_caches()
