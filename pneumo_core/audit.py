@@ -181,6 +181,15 @@ def events(*, path: str | Path | None = None, limit: int | None = None, actions:
         raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
 
 
+def actions(path: str | Path | None = None) -> list[str]:
+    """The distinct actions in the log, sorted (for the page's filter)."""
+    try:
+        with closing(_connect(path)) as conn:
+            return [row[0] for row in conn.execute("SELECT DISTINCT action FROM events ORDER BY action")]
+    except sqlite3.Error as exc:
+        raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
+
+
 def _iter_rows(path: str | Path | None) -> Iterator[tuple]:
     with closing(_connect(path)) as conn:
         yield from conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY id ASC")

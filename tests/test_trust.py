@@ -208,12 +208,18 @@ def test_admin_signs_in_sees_admin_pages_and_signs_out(weights):
         [("sign_in", "succeeded"), ("sign_out", "succeeded")]
 
 
-def test_changing_the_password_ends_admin_sessions_and_their_pending_actions(weights, tiny_model_dir):
+def retrain_as_admin_with_version_other(weights: Path, tiny_model_dir: Path) -> AppTest:
+    """An admin on the Retrain page with a second version, "other", picked for promotion."""
     copy_model_version(tiny_model_dir, weights, "other")
     set_password()
     at = sign_in(open_app(), ADMIN_PASSWORD)
     at.switch_page("pages/retrain.py").run()
     at.selectbox(key="retrain_version_pick").select("other").run()
+    return at
+
+
+def test_changing_the_password_ends_admin_sessions_and_their_pending_actions(weights, tiny_model_dir):
+    at = retrain_as_admin_with_version_other(weights, tiny_model_dir)
     set_password("a completely new passphrase")         # e.g. a colleague rotated it from the CLI
     next(b for b in at.button if b.key == "retrain_promote").click().run()
     assert registry.active_name() == "base"             # the click did nothing
@@ -224,11 +230,7 @@ def test_changing_the_password_ends_admin_sessions_and_their_pending_actions(wei
 
 
 def test_admin_promote_and_rollback_are_audited_with_versions(weights, tiny_model_dir):
-    copy_model_version(tiny_model_dir, weights, "other")
-    set_password()
-    at = sign_in(open_app(), ADMIN_PASSWORD)
-    at.switch_page("pages/retrain.py").run()
-    at.selectbox(key="retrain_version_pick").select("other").run()
+    at = retrain_as_admin_with_version_other(weights, tiny_model_dir)
     next(b for b in at.button if b.key == "retrain_promote").click().run()
     assert registry.active_name() == "other"
     next(b for b in at.button if b.key == "retrain_rollback").click().run()
@@ -291,6 +293,7 @@ def test_audit_writes_are_atomic_and_concurrent_writers_keep_the_chain(tmp_path)
     for t in threads:
         t.join()
     assert audit.verify_chain(db) == (200, None)
+    assert audit.actions(db) == ["predict"]
     csv = audit.to_csv(audit.events(path=db)).decode()
     assert csv.splitlines()[0] == ",".join(audit.COLUMNS) and len(csv.splitlines()) == 201
 
@@ -356,11 +359,7 @@ def test_cli_audit_export_and_verify(tmp_path):
 
 def test_admin_actions_are_refused_while_the_audit_log_cannot_be_written(weights, tiny_model_dir, tmp_path,
                                                                         monkeypatch):
-    copy_model_version(tiny_model_dir, weights, "other")
-    set_password()
-    at = sign_in(open_app(), ADMIN_PASSWORD)
-    at.switch_page("pages/retrain.py").run()
-    at.selectbox(key="retrain_version_pick").select("other").run()
+    at = retrain_as_admin_with_version_other(weights, tiny_model_dir)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("PNEUMO_AUDIT_DB", str(blocker / "audit.sqlite3"))
