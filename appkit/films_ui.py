@@ -7,7 +7,7 @@ from typing import Sequence
 
 import streamlit as st
 
-from pneumo_core.explain import METHODS, Explanation, overlay
+from pneumo_core.explain import METHODS, Explanation, default_method, overlay
 from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure
 
 from .analysis import Film, Upload, decode
@@ -78,9 +78,10 @@ def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> 
     return [films[u.sha] for u in uploads]
 
 
-def cam_controls_ui(key: str) -> tuple[str, float]:
+def cam_controls_ui(key: str, default: str = "gradcam") -> tuple[str, float]:
     left, right = st.columns(2)
     method = left.selectbox("Map method", METHODS, key=f"cam_method_{key}",
+                            index=METHODS.index(default) if default in METHODS else 0,
                             format_func=lambda m: METHOD_LABELS.get(m, m))
     alpha = right.slider("Map opacity", 0.0, 1.0, 0.4, 0.05, key=f"cam_alpha_{key}")
     return method, alpha
@@ -108,7 +109,7 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
         col_film, col_cam, col_result = st.columns([1, 1, 1.1], gap="medium")
         with col_cam:
             cam_slot = st.empty()
-            method, alpha = cam_controls_ui(key)
+            method, alpha = cam_controls_ui(key, default_method(model.predictor.card))
         try:
             exp = film.explanation(model.predictor, method, op)
             pred = film.prediction(model.predictor, op)

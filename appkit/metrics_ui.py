@@ -89,3 +89,42 @@ def card_ui(card: Mapping[str, Any]) -> None:
         st.caption(f"Calibration note: {card['calibration']['note']}")
     with st.expander("Full model card (JSON)"):
         st.json({k: v for k, v in card.items() if k != "history"}, expanded=1)
+
+
+def calibration_note_ui(card: Mapping[str, Any], evals: Mapping[str, Any], op: str) -> None:
+    """Which population the probability is calibrated for, and ECE on every split (not only the chosen ones)."""
+    calibration = card.get("calibration") or {}
+    if calibration.get("population"):
+        st.info(f"**The probability is calibrated for {calibration['population']}.** "
+                f"{calibration.get('note', '')}", icon=":material/info:")
+    rows = {f"{split}/": charts.report_at(evals[split], op).get("ece") for split in evals}
+    st.caption("ECE by split: " + ", ".join(f"{k} {v:.3f}" for k, v in rows.items() if v is not None))
+
+
+def explain_ui(card: Mapping[str, Any]) -> None:
+    """The Grad-CAM layer and method this model uses, and how faithful each candidate map was (ROAD)."""
+    choice = card.get("explain") or {}
+    faith = choice.get("faithfulness") or {}
+    if not faith:
+        st.info("This model's card records no Grad-CAM faithfulness measurement; the map uses the last dense "
+                "block (4x4 at this input size).")
+        return
+    lo, hi = faith.get("ci95") or (None, None)
+    st.markdown(f"**Map used:** {choice.get('method')} on `{choice.get('layer')}`, a "
+                f"{choice['grid'][0]}x{choice['grid'][1]} grid upsampled to the film. "
+                f"**Faithfulness (ROAD combined):** {faith.get('score', float('nan')):+.3f}"
+                + (f" (95% CI {lo:+.3f} to {hi:+.3f})" if lo is not None else "")
+                + f" on {faith.get('films', 'the evaluation films')}.")
+    table = pd.DataFrame([{"Layer": r["layer"], "Method": r["method"], "Grid": f"{r['grid'][0]}x{r['grid'][1]}",
+                           "ROAD combined": f"{r['road_combined']:+.3f}",
+                           "95% CI": f"{r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f}",
+                           "Eligible (grid >= 8x8)": "yes" if r.get("eligible") else "no"}
+                          for r in faith.get("table") or []])
+    if not table.empty:
+        st.dataframe(table, hide_index=True, width="stretch")
+    st.caption("ROAD (Rong et al. 2022) removes the pixels the map ranks most (or least) relevant, fills them in "
+               "from their neighbours, and measures how the pneumonia logit changes; the combined score is "
+               "(least-relevant-first change - most-relevant-first change) / 2, in logit units, averaged over "
+               f"removing {', '.join(str(p) for p in faith.get('percentiles', []))}% of the film. Higher is more "
+               "faithful; the random map shows what no information scores. The map is relative to each film and "
+               "is not a lesion outline.")

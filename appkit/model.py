@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import streamlit as st
 
 from pneumo_core.errors import PneumoError
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, read_card
+from pneumo_core.model import CARD_FILE, read_card, weight_files
 from pneumo_core.ood import OOD_FILE
 from pneumo_core.predict import Predictor
 from pneumo_core.registry import active_model_dir
@@ -67,7 +67,7 @@ def load_active() -> ActiveModel:
         sha += f"+ood:{ood['sha256']}"
     # A file replaced or edited on disk changes its stat, so the next rerun loads it again, and that load
     # checks its sha256: a tampered file stops being served (the error shows) instead of lingering in memory.
-    files = [(card.get("weights") or {}).get("file") or WEIGHTS_FILE]
+    files = [file for file, _ in weight_files(card)]
     if isinstance(ood, dict):
         files.append(ood.get("file") or OOD_FILE)
     stamp = "+".join(_stat(folder / str(name)) for name in files)

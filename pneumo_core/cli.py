@@ -107,7 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
         "seed": args.seed, "device": args.device, "augment": args.augment, "mixup_alpha": args.mixup,
-        "max_images": args.max_images, "compile": args.compile or None,
+        "max_images": args.max_images, "compile": args.compile or None, "threads": args.threads,
+        "ema_decay": args.ema_decay,
     }.items() if v is not None}
     cfg = TrainConfig(init=args.init, **overrides)
 
@@ -116,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"epoch {r.epoch}/{r.epochs}  loss={r.train_loss:.4f}  {metrics}  {r.images_per_s:.0f} img/s  "
               f"eta {r.eta_s:.0f}s{'  *' if r.best else ''}", flush=True)
 
-    result = fit(args.data, args.out, cfg, progress=progress)
+    result = fit(args.data, args.out, cfg, progress=progress, checkpoint_dir=args.checkpoint_dir,
+                 keep_snapshots=args.keep_snapshots)
     if not args.no_calibrate:
         calibrate_model(result.out_dir, args.data, n_boot=args.bootstrap, log=print)
     print(f"model written to {result.out_dir}")
@@ -177,6 +179,40 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cam_eval(args: argparse.Namespace) -> int:
+    from . import cam_eval
+    from .data import list_labelled
+    from .io import read_xray
+    from .model import CARD_FILE, atomic_write_json, read_card
+
+    if args.films < 2:
+        _err("--films must be at least 2.")
+        return EXIT_USAGE
+    predictor = _predictor(args.model)
+    labelled = list_labelled(args.data)
+    files = [f for f, y in zip(labelled.files, labelled.labels.tolist()) if y == 1]
+    pixels = [read_xray(f).pixels for f in files[:: max(1, len(files) // args.films)][: args.films]]
+    layers = tuple(args.layers.split(",")) if args.layers else cam_eval.LAYERS
+    methods = tuple(args.methods.split(",")) if args.methods else ("gradcam", "gradcam++", "hirescam", "layercam")
+    results = cam_eval.compare(predictor, pixels, layers=layers, methods=methods)
+    choice = cam_eval.choose(results)
+    choice["faithfulness"]["films"] = f"{len(pixels)} PNEUMONIA films of {Path(args.data).name}/"
+    for row in choice["faithfulness"]["table"]:
+        print(f"{row['layer']:12} {row['method']:11} {row['grid'][0]}x{row['grid'][1]}  "
+              f"ROAD {row['road_combined']:+.3f} [{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]", flush=True)
+    print(f"most faithful with a map of at least {cam_eval.MIN_GRID}x{cam_eval.MIN_GRID}: "
+          f"{choice['layer']} {choice['method']}")
+    if args.json:
+        atomic_write_json(Path(args.json), choice)
+    if args.apply:
+        folder = Path(args.model) if args.model else predictor.model.path
+        card = read_card(folder)
+        card["explain"] = choice
+        atomic_write_json(folder / CARD_FILE, card)
+        print(f"recorded in {folder.name}/{CARD_FILE}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pneumo_core",
                                  description="Pneumonia decision support for chest radiographs "
@@ -216,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup", type=float, help="mixup alpha (0 disables)")
     p.add_argument("--max-images", type=int, help="cap per split (smoke tests)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--ema-decay", type=float, help="per-step EMA decay of the averaged model (0 disables)")
+    p.add_argument("--checkpoint-dir", help="save the training state here every epoch; resume from it if present")
+    p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
+                   help="with --checkpoint-dir, also keep the weights of the last N epochs")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-calibrate", action="store_true", help="skip temperature/operating points/evaluation")
     p.set_defaults(func=cmd_train)
@@ -230,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(p)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", required=True, metavar="PNG")
-    p.add_argument("--method", default="gradcam", help="gradcam | gradcam++ | hirescam | layercam | eigencam")
+    p.add_argument("--method", help="gradcam | gradcam++ | hirescam | layercam | eigencam (default: the card's choice)")
     p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity")
     p.add_argument("--analyse-anyway", action="store_true")
     p.set_defaults(func=cmd_explain)
@@ -245,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval", type=int, help="measure false rejections on at most this many films per split")
     p.add_argument("--no-negatives", action="store_true", help="skip measuring the built-in non-chest images")
     p.set_defaults(func=cmd_fit_guard)
+    p = sub.add_parser("cam-eval", help="score Grad-CAM layers and methods by faithfulness (ROAD); pick one")
+    model_opts(p)
+    p.add_argument("--data", required=True, help="a labelled folder (NORMAL/ + PNEUMONIA/), e.g. external/")
+    p.add_argument("--films", type=int, default=32, help="PNEUMONIA films to explain (default 32)")
+    p.add_argument("--layers", help="comma-separated, from denseblock3,transition3,denseblock4")
+    p.add_argument("--methods", help="comma-separated, e.g. gradcam,layercam")
+    p.add_argument("--json", metavar="OUT", help="write the comparison here")
+    p.add_argument("--apply", action="store_true", help="record the choice in the model's card")
+    p.set_defaults(func=cmd_cam_eval)
     add_registry_commands(sub)        # models list|promote|rollback, jobs start|status|cancel
     add_trust_commands(sub)           # set-admin-password, audit export|verify|tail
     return ap

@@ -13,7 +13,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
 
 THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
-HIGH_SENSITIVITY_TARGET = 0.95
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -168,22 +167,72 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
-def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str) -> dict[str, dict[str, Any]]:
-    """``balanced``: maximal Youden J (sensitivity + specificity - 1).
-    ``high_sensitivity``: the highest threshold whose sensitivity is >= 0.95 (fewest false alarms)."""
-    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+SENSITIVITY_FLOOR = 0.93          # the screening point's sensitivity must hold ...
+HOLD_FRACTION = 0.90              # ... in at least this share of bootstrap resamples
+OP_BOOTSTRAP = 2000
+
+
+def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     fpr, tpr, thr = roc_curve(y, p)
-    thr = np.clip(thr, 0.0, 1.0)
-    j = int(np.argmax(tpr - fpr))
-    ok = np.flatnonzero(tpr >= HIGH_SENSITIVITY_TARGET)
-    k = int(ok[0]) if len(ok) else len(thr) - 1
+    return float(np.clip(thr[int(np.argmax(tpr - fpr))], 0.0, 1.0))
+
+
+def _sensitivity_draws(pos: np.ndarray, thresholds: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """n_boot x len(thresholds): sensitivity at each threshold in each resample of the positives."""
+    draws = np.sort(rng.choice(pos, (n_boot, len(pos)), replace=True), axis=1)
+    below = np.stack([np.searchsorted(row, thresholds, side="left") for row in draws])
+    return 1.0 - below / len(pos)
+
+
+def _spread(y: np.ndarray, p: np.ndarray, t: float, idx: np.ndarray) -> dict[str, list[float]]:
+    """5th-95th percentile of sensitivity and specificity at a fixed threshold over resamples ``idx``."""
+    yb, called = y[idx], p[idx] >= t
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = (called & (yb == 1)).sum(1) / (yb == 1).sum(1)
+        spec = (~called & (yb == 0)).sum(1) / (yb == 0).sum(1)
+    q = lambda a: [float(np.nanpercentile(a, 5)), float(np.nanpercentile(a, 95))]  # noqa: E731
+    return {"sensitivity_90": q(sens), "specificity_90": q(spec)}
+
+
+def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str, n_boot: int = OP_BOOTSTRAP,
+                            seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Two named thresholds chosen by rules that hold under resampling (a threshold picked on a few
+    hundred films is itself noisy), each with its bootstrap spread.
+
+    ``high_sensitivity``: the highest threshold whose sensitivity is >= SENSITIVITY_FLOOR in at least
+    HOLD_FRACTION of stratified bootstrap resamples (so a new sample of films keeps the sensitivity).
+    ``balanced``: the median over resamples of the maximal-Youden-J threshold (the plain maximum on
+    one sample jumps between neighbouring films).
+    ``threshold_spread_90``: 5th-95th percentile, over resamples, of the threshold each rule picks on
+    that resample alone; ``*_90``: of sensitivity and specificity at the chosen threshold."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    rng = np.random.default_rng(seed)
+    pos = p[y == 1]
+    # Stratified resamples (same class counts as the sample) of indices into y/p.
+    i_pos, i_neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    idx = np.concatenate([rng.choice(i_pos, (n_boot, len(i_pos))), rng.choice(i_neg, (n_boot, len(i_neg)))], axis=1)
+
+    youden = np.array([_youden_threshold(y[i], p[i]) for i in idx])
+    t_bal = float(np.median(youden))
+
+    candidates = np.unique(pos)[::-1]                         # every distinct positive score, highest first
+    sens = _sensitivity_draws(pos, candidates, n_boot, rng)  # n_boot x candidates
+    holds = (sens >= SENSITIVITY_FLOOR).mean(0) >= HOLD_FRACTION
+    t_hs = float(candidates[int(np.argmax(holds))]) if holds.any() else float(np.min(p))
+    # Per resample, the highest threshold reaching the floor (the one-sample rule), for the spread.
+    reach = sens >= SENSITIVITY_FLOOR
+    per_draw = candidates[np.argmax(reach, axis=1)]
+
+    q = lambda a: [float(np.percentile(a, 5)), float(np.percentile(a, 95))]  # noqa: E731
     points = {}
-    for name, i, rule in (("balanced", j, "max Youden J"),
-                          ("high_sensitivity", k, f"highest threshold with sensitivity >= {HIGH_SENSITIVITY_TARGET}")):
-        t = float(thr[i])
+    for name, t, rule, spread in (
+            ("balanced", t_bal, f"max Youden J (median threshold over {n_boot} bootstrap resamples)", youden),
+            ("high_sensitivity", t_hs, f"highest threshold with sensitivity >= {SENSITIVITY_FLOOR:.2f} in "
+                                       f">= {HOLD_FRACTION:.0%} of {n_boot} bootstrap resamples", per_draw)):
         m = threshold_metrics(confusion(y, p, t))
         points[name] = {"threshold": t, "rule": rule, "chosen_on": source,
-                        "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+                        "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+                        "threshold_spread_90": q(spread), **_spread(y, p, t, idx)}
     return points
 
 

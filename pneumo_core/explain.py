@@ -1,8 +1,15 @@
-"""Grad-CAM (pytorch-grad-cam) on DenseNet-121's last dense block, and an OpenCV overlay.
+"""Grad-CAM (pytorch-grad-cam) on a DenseNet-121 feature block, and an OpenCV overlay.
 
 The target is explicit: the pneumonia logit (never the library's argmax
 default, meaningless for a one-logit head). Hooks live only inside a ``with``
 block, so the shared model is left exactly as it was.
+
+Which block is explained is the card's ``explain.layer``, chosen per model by a
+faithfulness measure (``pneumo_core.cam_eval``): at 128-144 px the last dense
+block is a 4x4 grid, one blob per film, so newer models use ``denseblock3``
+(8x8 or finer). Cards without the entry keep the last dense block. For an
+ensemble the same block of every member is hooked; the library averages their
+normalised maps, and the gradient is that of the ensemble's mean logit.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import numpy as np
 import torch
 
 from .io import XrayImage
+from .model import members_of
 from .predict import Prediction, Predictor
 from .preprocess import to_batch
 
@@ -49,24 +57,52 @@ class Explanation:
     prediction: Prediction
 
 
+DEFAULT_LAYER = "denseblock4"        # what cards without an ``explain`` entry were shipped with
+LAYERS = ("denseblock3", "transition3", "denseblock4")
+
+
+def layer_name(card) -> str:
+    name = ((card or {}).get("explain") or {}).get("layer") or DEFAULT_LAYER
+    if name not in LAYERS:
+        raise ValueError(f"Unknown Grad-CAM layer {name!r} in the card; expected one of {', '.join(LAYERS)}.")
+    return name
+
+
+def target_layers(net: torch.nn.Module, name: str = DEFAULT_LAYER) -> list[torch.nn.Module]:
+    """The named feature block of each DenseNet in ``net`` (``transition3`` means its conv, before pooling)."""
+    out = []
+    for member in members_of(net):
+        block = getattr(member.features, name)
+        out.append(block.conv if name.startswith("transition") else block)
+    return out
+
+
 def target_layer(net: torch.nn.Module) -> torch.nn.Module:
-    return net.features.denseblock4
+    return target_layers(net)[0]
 
 
-def explain(predictor: Predictor, image: XrayImage, *, method: str = "gradcam", target: str = "PNEUMONIA",
-            operating_point: str | None = None) -> Explanation:
-    """Grad-CAM for one film. ``target`` 'PNEUMONIA' shows evidence for pneumonia, 'NORMAL' against it."""
+def default_method(card) -> str:
+    return ((card or {}).get("explain") or {}).get("method") or "gradcam"
+
+
+def explain(predictor: Predictor, image: XrayImage, *, method: str | None = None, target: str = "PNEUMONIA",
+            operating_point: str | None = None, layer: str | None = None) -> Explanation:
+    """Grad-CAM for one film. ``target`` 'PNEUMONIA' shows evidence for pneumonia, 'NORMAL' against it.
+    ``method`` and ``layer`` default to the card's choice (``layer`` overrides it for comparing layers)."""
+    method = method or default_method(predictor.card)
     cam_cls = _cam_class(method)
     prediction = predictor.predict(image, operating_point)
     net = predictor.model.net
     x = to_batch([image.pixels], predictor.card["input"]).to(predictor.model.device).requires_grad_(True)
     targets = [PneumoniaLogit(1.0 if target == "PNEUMONIA" else -1.0)]
-    layer = target_layer(net)
-    with predictor.lock, torch.enable_grad(), cam_cls(model=net, target_layers=[layer]) as cam:
+    layers = target_layers(net, layer or layer_name(predictor.card))
+    with predictor.lock, torch.enable_grad(), cam_cls(model=net, target_layers=layers) as cam:
         normalised = cam(input_tensor=x, targets=targets)[0]
         acts = cam.activations_and_grads.activations
         grads = cam.activations_and_grads.gradients
-        raw = cam.get_cam_image(x, layer, targets, acts[0].numpy(), grads[0].numpy() if grads else None, False)[0]
+        # Raw (unnormalised) map of the first member, in the method's own units.
+        raw = cam.get_cam_image(x, layers[0], targets, acts[0].numpy(), grads[0].numpy() if grads else None,
+                                False)[0]
     return Explanation(np.nan_to_num(normalised).astype(np.float32), np.maximum(raw, 0).astype(np.float32),
                        method, f"{target} logit", prediction)
 

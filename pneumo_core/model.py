@@ -55,8 +55,62 @@ def build_densenet121(dropout: float = 0.0) -> nn.Module:
     return net
 
 
-def _head(net: nn.Module) -> nn.Linear:
-    return net.classifier[-1] if isinstance(net.classifier, nn.Sequential) else net.classifier
+MAX_MEMBERS = 3
+
+
+class Ensemble(nn.Module):
+    """Up to three DenseNet-121s whose logits are averaged: to every caller, one network.
+
+    ``forward`` returns the mean logit, so calibration, operating points,
+    evaluation, triage and Grad-CAM (which backpropagates that mean into every
+    member) treat the ensemble as a single model.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not 1 <= len(members) <= MAX_MEMBERS:
+            raise ValueError(f"An ensemble has 1 to {MAX_MEMBERS} members, not {len(members)}.")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def members_of(net: nn.Module) -> list[nn.Module]:
+    """The DenseNets inside ``net``: itself, or an ensemble's members."""
+    return list(net.members) if isinstance(net, Ensemble) else [net]
+
+
+def weight_files(card: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """(file, recorded sha256) of every weights file the card names: one, or each ensemble member."""
+    members = (card.get("ensemble") or {}).get("members")
+    if members:
+        return [(str(m.get("file") or ""), m.get("sha256")) for m in members]
+    weights = card.get("weights") or {}
+    return [(str(weights.get("file") or WEIGHTS_FILE), weights.get("sha256"))]
+
+
+def check_weight_files(model_dir: Path, card: Mapping[str, Any]) -> list[Path]:
+    """Every weights file the card names, after checking it exists and matches its recorded sha256."""
+    name = card.get("version", model_dir.name)
+    files = weight_files(card)
+    if len(files) > MAX_MEMBERS:
+        raise ModelLoadError(f"The card of model {name} names {len(files)} ensemble members; at most "
+                             f"{MAX_MEMBERS} are allowed.")
+    paths = []
+    for file, expected in files:
+        path = model_dir / file
+        if not file or Path(file).name != file or not path.is_file():
+            raise ModelLoadError(f"The model {name} has no weights file {file or '(unnamed)'}.")
+        if not expected:
+            raise ModelLoadError(f"The card of model {name} records no sha256 for its weights ({file}), so they "
+                                 f"cannot be checked. Refusing to use them.")
+        if sha256_file(path) != expected:
+            raise ModelLoadError(
+                f"The weights of model {name} do not match their card "
+                f"(sha256 differs): the file was changed or truncated. Refusing to use it.")
+        paths.append(path)
+    return paths
 
 
 # torchvision's old checkpoints name dense-layer params "norm.1.weight"; the module says "norm1.weight".
@@ -218,6 +272,31 @@ def save_model(net: nn.Module, card: Mapping[str, Any], out_dir: str | Path) -> 
     return card
 
 
+def save_ensemble(members: list[nn.Module], sources: list[str], card: Mapping[str, Any],
+                  out_dir: str | Path) -> dict[str, Any]:
+    """Save up to three networks as one model: ``member{i}.safetensors`` (fp16) and a card listing each
+    member's file, sha256 and source. ``weights`` names the first member, for readers that know one file."""
+    from safetensors.torch import save
+
+    if not 1 <= len(members) <= MAX_MEMBERS or len(sources) != len(members):
+        raise ValueError(f"An ensemble has 1 to {MAX_MEMBERS} members, each with a source.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    listed = []
+    for i, (net, source) in enumerate(zip(members, sources)):
+        state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+        file = f"member{i}.safetensors"
+        atomic_write_bytes(out / file, save(state, metadata={"format": "pt"}))
+        listed.append({"file": file, "sha256": sha256_file(out / file), "source": source})
+    card = dict(card)
+    card["schema"] = CARD_SCHEMA
+    card["ensemble"] = {"combine": "mean of the members' logits", "members": listed}
+    card["weights"] = {"file": listed[0]["file"], "dtype": "float16", "sha256": listed[0]["sha256"]}
+    atomic_write_json(out / CARD_FILE, card)
+    return card
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A network ready for inference (eval mode, fp32, on ``device``) and its card. Treat as read-only."""
@@ -249,26 +328,26 @@ def read_card(model_dir: str | Path) -> dict[str, Any]:
 
 
 def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
-    """Load a model folder for inference. The card must record the weights' sha256 and the file must match it
-    (checked on every load; ``verify=False`` only for tests of the check itself)."""
+    """Load a model folder for inference. The card must record each weights file's sha256 and every file
+    must match it (checked on every load; ``verify=False`` only for tests of the check itself).
+
+    A card with an ``ensemble`` section loads its members into one ``Ensemble``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"Model folder not found: {model_dir}")
     card = read_card(model_dir)
-    weights = model_dir / card.get("weights", {}).get("file", WEIGHTS_FILE)
-    if not weights.is_file():
-        raise ModelLoadError(f"The model in {model_dir.name} has no weights file.")
-    expected = card.get("weights", {}).get("sha256")
-    if verify and not expected:
-        raise ModelLoadError(f"The card of model {card.get('version', model_dir.name)} records no sha256 for its "
-                             f"weights, so they cannot be checked. Refusing to use them.")
-    if verify and sha256_file(weights) != expected:
-        raise ModelLoadError(
-            f"The weights of model {card.get('version', model_dir.name)} do not match their card "
-            f"(sha256 differs): the file was changed or truncated. Refusing to use it."
-        )
-    net = build_densenet121(card.get("training", {}).get("dropout", 0.0))
-    _load_state(net, _read_safetensors(weights))
+    if verify:
+        paths = check_weight_files(model_dir, card)
+    else:
+        paths = [model_dir / file for file, _ in weight_files(card)]
+        if not all(p.is_file() for p in paths):
+            raise ModelLoadError(f"The model in {model_dir.name} has no weights file.")
+    nets = []
+    for path in paths:
+        member = build_densenet121(card.get("training", {}).get("dropout", 0.0))
+        _load_state(member, _read_safetensors(path))
+        nets.append(member)
+    net = nets[0] if "ensemble" not in card else Ensemble(nets)
     net.eval().requires_grad_(False)
     net.to(device)
     return LoadedModel(net=net, card=card, path=model_dir)

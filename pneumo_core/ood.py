@@ -43,7 +43,7 @@ from torch import nn
 
 from .errors import ModelLoadError, UnreadableImageError
 from .io import XrayImage
-from .model import CARD_FILE, atomic_write_bytes, atomic_write_json, read_card, sha256_file
+from .model import CARD_FILE, Ensemble, atomic_write_bytes, atomic_write_json, read_card, sha256_file
 from .preprocess import resize
 
 if TYPE_CHECKING:
@@ -67,8 +67,13 @@ CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "RIB", "TORSO", "STERNUM", "HEART", "B
 def forward_with_taps(net: nn.Module, x: torch.Tensor, taps: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DenseNet-121's forward pass (the same logits as ``net(x)``) plus pooled features at ``taps``.
 
-    Returns (N logits, {tap: N x C}). Call under ``torch.inference_mode()``.
+    Returns (N logits, {tap: N x C}). Call under ``torch.inference_mode()``. For an ensemble the
+    logits are the members' mean and the features are the first member's (the guard is fitted on those).
     """
+    if isinstance(net, Ensemble):
+        logits, out = forward_with_taps(net.members[0], x, taps)
+        rest = [m(x).squeeze(1) for m in net.members[1:]]
+        return torch.stack([logits, *rest]).mean(0), out
     out: dict[str, torch.Tensor] = {}
     h = x
     for name, module in net.features.named_children():

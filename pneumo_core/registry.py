@@ -23,7 +23,8 @@ from typing import Any, Mapping
 from filelock import FileLock
 
 from .errors import ModelLoadError, PneumoError
-from .model import CARD_FILE, WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, read_card, sha256_file
+from .model import (CARD_FILE, atomic_write_bytes, atomic_write_json, check_weight_files, read_card, sha256_file,
+                    weight_files)
 
 ACTIVE_FILE = "ACTIVE"
 HISTORY_FILE = "active_history.json"
@@ -90,16 +91,7 @@ def verify_version(folder: str | Path) -> dict[str, Any]:
     """The card of a complete, untampered version; ModelLoadError (clear message) otherwise."""
     folder = Path(folder)
     card = read_card(folder)
-    weights = folder / (card.get("weights") or {}).get("file", WEIGHTS_FILE)
-    if not weights.is_file():
-        raise ModelLoadError(f"The model {folder.name} has no weights file.")
-    expected = (card.get("weights") or {}).get("sha256")
-    if not expected:
-        raise ModelLoadError(f"The card of model {folder.name} records no sha256 for its weights.")
-    if sha256_file(weights) != expected:
-        raise ModelLoadError(
-            f"The weights of model {card.get('version', folder.name)} do not match their card "
-            f"(sha256 differs): the file was changed or truncated. Refusing to use it.")
+    check_weight_files(folder, card)
     return card
 
 
@@ -149,7 +141,7 @@ def list_versions(root: str | Path | None = None, *, verify: bool = False) -> li
             card = read_card(folder)
             if verify:
                 verify_version(folder)
-            elif not (folder / (card.get("weights") or {}).get("file", WEIGHTS_FILE)).is_file():
+            elif not all((folder / file).is_file() for file, _ in weight_files(card)):
                 problem = "The weights file is missing."
         except ModelLoadError as exc:
             problem = str(exc)

@@ -53,6 +53,7 @@ class TrainConfig:
     val_fraction: float = 0.1        # carved from train/ when no val/ exists
     max_images: int | None = None    # per split; for smoke tests
     workers: int = 4                 # decoding threads
+    threads: int | None = None       # CPU threads for torch; None keeps torch's default
 
 
 @dataclass(frozen=True)
@@ -204,17 +205,62 @@ def train_one_epoch(net, opt, batches, y_all, x_all, spec, cfg, aug_cfg, g, step
     return float(torch.stack(losses).mean()), step
 
 
+CHECKPOINT = "last.pt"
+
+
+def save_checkpoint(ckpt_dir: Path, payload: dict[str, Any]) -> None:
+    """Atomically replace ``ckpt_dir/last.pt`` (a crash mid-write keeps the previous epoch's)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, ckpt_dir / CHECKPOINT)
+
+
+def load_checkpoint(ckpt_dir: Path | None, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The run's last checkpoint, if any, after checking it belongs to the same configuration."""
+    if ckpt_dir is None or not (ckpt_dir / CHECKPOINT).exists():
+        return None
+    ckpt = torch.load(ckpt_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    saved = {k: v for k, v in ckpt["config"].items() if k not in _RESUME_MAY_DIFFER}
+    now = {k: v for k, v in asdict(cfg).items() if k not in _RESUME_MAY_DIFFER}
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ValueError(f"The checkpoint in {ckpt_dir} was made with other settings ({', '.join(diff)}); "
+                         "use a new checkpoint folder or the same settings.")
+    return ckpt
+
+
+# Settings that do not change what is computed, so a run may resume with other values.
+_RESUME_MAY_DIFFER = {"workers", "threads", "device", "bf16"}
+
+
+def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
 def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *,
-        progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FitResult:
+        progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+        checkpoint_dir: str | Path | None = None, keep_snapshots: int = 0) -> FitResult:
     """Train a model and write it (weights + card) to ``out_dir``.
 
     ``out_dir`` must not exist or be empty. Everything is staged in a sibling
     folder and moved into place only when training succeeded, so a failed or
     cancelled run leaves nothing half-written.
+
+    With ``checkpoint_dir`` the full training state (network, EMA, optimiser,
+    random generator, history, best so far) is saved after every epoch, and a
+    run started again with the same folder and settings resumes after the last
+    finished epoch, with the same batches it would have drawn.
+    ``keep_snapshots`` also keeps the raw and EMA weights of the last that many
+    epochs there (``snapshots/``), for weight averaging and snapshot ensembles.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder.")
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    resume = load_checkpoint(ckpt_dir, cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -251,7 +297,18 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     best: tuple[float, dict[str, torch.Tensor], dict[str, Any]] | None = None
     t0 = time.perf_counter()
     step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        net.load_state_dict(resume["net"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
+        opt.load_state_dict(resume["opt"])
+        g.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])          # mixup's Beta draw uses the global generator
+        step, first_epoch, history = resume["step"], resume["epoch"] + 1, list(resume["history"])
+        best = (resume["best_score"], resume["best_state"], dict(resume["best_info"]))
+        t0 -= resume["elapsed_s"]
+    for epoch in range(first_epoch, cfg.epochs + 1):
         if should_stop and should_stop():
             raise TrainingCancelled("Training was cancelled; no model was written.")
         te = time.perf_counter()
@@ -270,11 +327,20 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
                     candidate, px, spec, bf16=use_bf16))
             score = row[f"{select_on}_auc" + ("" if kind == "raw" else "_ema")]
             if best is None or (not math.isnan(score) and score > best[0]):
-                state = {k: v.detach().to("cpu", copy=True) for k, v in candidate.state_dict().items()}
-                best = (score, state, {"epoch": epoch, "weights": kind, f"{select_on}_auc": score})
+                best = (score, _snapshot(candidate), {"epoch": epoch, "weights": kind, f"{select_on}_auc": score})
                 improved = True
         history.append(row)
         elapsed = time.perf_counter() - t0
+        if ckpt_dir is not None:
+            if keep_snapshots and epoch > cfg.epochs - keep_snapshots:
+                for kind, candidate in candidates.items():
+                    _save_snapshot(ckpt_dir / "snapshots" / f"epoch{epoch:03d}-{kind}.safetensors", candidate)
+            save_checkpoint(ckpt_dir, {
+                "config": asdict(cfg), "epoch": epoch, "step": step, "elapsed_s": elapsed,
+                "net": net.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+                "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "best_score": best[0], "best_state": best[1], "best_info": best[2]})
         if progress:
             metrics = {k: float(v) for k, v in row.items() if k.endswith(("_auc", "_auc_ema"))}
             progress(EpochReport(epoch, cfg.epochs, loss, metrics, ips, elapsed,
@@ -316,6 +382,16 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return FitResult(out_dir, card, history)
+
+
+def _save_snapshot(path: Path, net: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()
+               if v.is_floating_point()}, str(tmp))
+    os.replace(tmp, path)
 
 
 DATA_CITATION = ("Kermany DS, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "

@@ -23,6 +23,8 @@ from .model import CARD_FILE, atomic_write_json, load_model, read_card
 from .predict import Predictor
 
 EVAL_DIR = "evaluation"
+# A second-opinion tool: a missed pneumonia costs more than a false flag, so the screening point is the default.
+DEFAULT_OPERATING_POINT = "high_sensitivity"
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int 
                            "note": f"temperature, thresholds and model selection all used {fit_on}/, "
                                    f"so its metrics are optimistic; other splits are untouched."}
     card["operating_points"] = points
-    card["default_operating_point"] = "balanced"
+    card["default_operating_point"] = DEFAULT_OPERATING_POINT
     metrics: dict[str, Any] = {}
     for split, s in scores.items():
         log(f"evaluating {split}")

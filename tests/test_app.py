@@ -137,7 +137,7 @@ def test_sidebar_shows_model_card_summary_and_operating_point(weights, tiny_mode
     assert card["version"] in sidebar
     assert "Data: " in sidebar and "init: " in sidebar and "external AUC" in sidebar
     radio = at.sidebar.radio(key="operating_point")
-    assert radio.value == "balanced"
+    assert radio.value == card["default_operating_point"] == "high_sensitivity"
     assert [o.split(" · ")[0] for o in radio.options] == ["Balanced", "High sensitivity"]
     assert "Decision support, not a diagnosis." in sidebar
 

@@ -80,14 +80,46 @@ def test_temperature_scaling_recovers_known_temperature():
 
 
 def test_operating_points():
-    pts = ev.choose_operating_points(Y, P, source="x")
+    pts = ev.choose_operating_points(Y, P, source="x", n_boot=500)
     bal, hs = pts["balanced"], pts["high_sensitivity"]
-    # Youden J: 0.6 -> .75 + 5/6 - 1 = .583 beats 0.8 (.5) and 0.15 (1 + 3/6 - 1 = .5)
-    assert bal["threshold"] == pytest.approx(0.6)
-    assert bal["sensitivity"] == pytest.approx(0.75) and bal["specificity"] == pytest.approx(5 / 6)
-    # sensitivity >= 0.95 needs every positive: the highest such threshold is 0.15
+    # Sensitivity >= 0.93 with 4 positives needs all four in every resample: only 0.15 (the lowest positive)
+    # holds, and it holds in every resample.
     assert hs["threshold"] == pytest.approx(0.15) and hs["sensitivity"] == 1.0
+    assert hs["sensitivity_90"] == [1.0, 1.0]
+    # Balanced: a Youden-optimal threshold of some resample, so one of the scores; never below the screening one.
+    assert bal["threshold"] in set(P.tolist())
     assert hs["threshold"] <= bal["threshold"]
+    for pt in (bal, hs):
+        lo, hi = pt["threshold_spread_90"]
+        assert lo <= hi and 0 <= lo and hi <= 1
+        assert pt["specificity_90"][0] <= pt["specificity"] <= pt["specificity_90"][1] + 1e-9
+
+
+def _sample(rng, n_pos=200, n_neg=110):
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    return y, ev.sigmoid(np.r_[rng.normal(2.2, 1.0, n_pos), rng.normal(-1.0, 1.0, n_neg)])
+
+
+def _sens(y, p, t):
+    return ((p >= t) & (y == 1)).sum() / (y == 1).sum()
+
+
+def test_screening_point_keeps_its_sensitivity_on_new_films_more_often_than_the_one_sample_rule():
+    """The point of the bootstrap rule: chosen on one sample of ~300 films, its sensitivity floor holds on
+    fresh samples from the same population far more often than the plain 'highest threshold reaching the
+    floor on this sample' (which holds about half the time)."""
+    rng = np.random.default_rng(3)
+    held_boot, held_plain = [], []
+    for _ in range(30):
+        y, p = _sample(rng)
+        t_boot = ev.choose_operating_points(y, p, source="x", n_boot=300)["high_sensitivity"]["threshold"]
+        pos = np.sort(p[y == 1])[::-1]
+        t_plain = pos[int(np.ceil(ev.SENSITIVITY_FLOOR * len(pos))) - 1]
+        y2, p2 = _sample(rng, 5000, 10)
+        held_boot.append(_sens(y2, p2, t_boot) >= ev.SENSITIVITY_FLOOR)
+        held_plain.append(_sens(y2, p2, t_plain) >= ev.SENSITIVITY_FLOOR)
+    assert np.mean(held_boot) >= 0.75
+    assert np.mean(held_boot) > np.mean(held_plain) + 0.2
 
 
 def test_curves_shapes():
