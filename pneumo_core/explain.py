@@ -91,7 +91,7 @@ def explain(predictor: Predictor, image: XrayImage, *, method: str | None = None
     ``method`` and ``layer`` default to the card's choice (``layer`` overrides it for comparing layers)."""
     method = method or default_method(predictor.card)
     cam_cls = _cam_class(method)
-    prediction = predictor.predict(image, operating_point)
+    predictor.threshold(operating_point)                 # an unknown operating point fails before any work
     net = predictor.model.net
     x = to_batch([image.pixels], predictor.card["input"]).to(predictor.model.device).requires_grad_(True)
     targets = [PneumoniaLogit(1.0 if target == "PNEUMONIA" else -1.0)]
@@ -103,6 +103,8 @@ def explain(predictor: Predictor, image: XrayImage, *, method: str | None = None
         # Raw (unnormalised) map of the first member, in the method's own units.
         raw = cam.get_cam_image(x, layers[0], targets, acts[0].numpy(), grads[0].numpy() if grads else None,
                                 False)[0]
+        logit = float(cam.outputs.detach().float().reshape(-1)[0])    # the map's own forward pass
+    prediction = predictor.prediction_from_logit(image, logit, operating_point)
     return Explanation(np.nan_to_num(normalised).astype(np.float32), np.maximum(raw, 0).astype(np.float32),
                        method, f"{target} logit", prediction)
 

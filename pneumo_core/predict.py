@@ -166,14 +166,17 @@ class Predictor:
 
     def predict_many(self, images: list[XrayImage], operating_point: str | None = None,
                      batch_size: int = 16) -> list[Prediction]:
+        self.threshold(operating_point)                      # an unknown operating point fails before any work
+        logits = np.concatenate([self.logits([im.pixels for im in images[i:i + batch_size]])
+                                 for i in range(0, len(images), batch_size)]) if images else np.zeros(0)
+        return [self.prediction_from_logit(im, float(z), operating_point) for im, z in zip(images, logits)]
+
+    def prediction_from_logit(self, image: XrayImage, logit: float, operating_point: str | None = None) -> Prediction:
+        """The Prediction for a film whose raw logit is already known (e.g. from Grad-CAM's own forward pass)."""
         name, thr = self.threshold(operating_point)
-        probs = np.concatenate([self.probabilities([im.pixels for im in images[i:i + batch_size]])
-                                for i in range(0, len(images), batch_size)]) if images else np.zeros(0)
-        out = []
-        for im, p in zip(images, probs):
-            out.append(Prediction(float(p), LABELS[int(p >= thr)], thr, name, self.version,
-                                  tuple(im.warnings) + clinical_warnings(im, float(p), thr, self.temperature)))
-        return out
+        p = float(sigmoid(np.asarray(logit / self.temperature)))
+        return Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
+                          tuple(image.warnings) + clinical_warnings(image, p, thr, self.temperature))
 
 
 def clinical_warnings(image: XrayImage, probability: float, threshold: float, temperature: float = 1.0) -> tuple[str, ...]:

@@ -304,7 +304,8 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
             ema.load_state_dict(resume["ema"])
         opt.load_state_dict(resume["opt"])
         g.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])          # mixup's Beta draw uses the global generator
+        if "torch_rng" in resume:                         # mixup's Beta draw uses the global generator
+            torch.set_rng_state(resume["torch_rng"])
         step, first_epoch, history = resume["step"], resume["epoch"] + 1, list(resume["history"])
         best = (resume["best_score"], resume["best_state"], dict(resume["best_info"]))
         t0 -= resume["elapsed_s"]

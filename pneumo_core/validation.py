@@ -111,8 +111,10 @@ def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int 
     points = ev.choose_operating_points(scores[fit_on].labels, probs[fit_on], source=f"{fit_on}/")
     card["temperature"] = temperature
     card["calibration"] = {"method": "temperature scaling", "fitted_on": f"{fit_on}/",
+                           "population": POPULATIONS[fit_on],
                            "note": f"temperature, thresholds and model selection all used {fit_on}/, "
-                                   f"so its metrics are optimistic; other splits are untouched."}
+                                   f"so its metrics are optimistic; other splits are untouched. "
+                                   + _ece_note(scores, probs, fit_on)}
     card["operating_points"] = points
     card["default_operating_point"] = DEFAULT_OPERATING_POINT
     metrics: dict[str, Any] = {}
@@ -123,6 +125,22 @@ def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int 
     card["metrics"] = metrics
     atomic_write_json(model_dir / CARD_FILE, card)
     return card
+
+
+POPULATIONS = {
+    "external": "films like the official Kermany test set (external/), taken later than the training films and "
+                "the closest population here to a new clinic's",
+    "val": "films like the training hospital's own (val/)",
+}
+
+
+def _ece_note(scores: dict[str, FolderScores], probs: dict[str, np.ndarray], fit_on: str) -> str:
+    """One temperature cannot serve two populations: say how far off the others are."""
+    others = [f"{k}/ {ev.ece(s.labels, probs[k]):.3f}" for k, s in scores.items() if k != fit_on]
+    if not others:
+        return ""
+    return (f"ECE on {fit_on}/ {ev.ece(scores[fit_on].labels, probs[fit_on]):.3f}; on "
+            + ", ".join(others) + ": on other populations a probability may be off by about that much.")
 
 
 def write_evaluation(model_dir: Path, split: str, s: FolderScores, probs: np.ndarray,

@@ -218,3 +218,24 @@ def test_road_comparison_runs_on_a_real_network(ensemble_dir, film_png):
     assert [(r.layer, r.method) for r in results] == [("denseblock3", "gradcam"), ("random", "random map")]
     assert results[0].grid == (8, 8) and results[0].scores.shape == (2,)
     assert np.isfinite(results[0].scores).all()
+
+
+def test_cam_eval_cli_records_the_choice_in_the_card(ensemble_dir, tmp_path, capsys):
+    from conftest import synthetic_film, write_png
+
+    from pneumo_core.cli import main
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_png(tmp_path / "ext" / "PNEUMONIA" / f"p{i}.png", synthetic_film(rng, True, 96))
+        write_png(tmp_path / "ext" / "NORMAL" / f"n{i}.png", synthetic_film(rng, False, 96))
+    assert main(["cam-eval", "--model", str(ensemble_dir), "--data", str(tmp_path / "ext"), "--films", "2",
+                 "--layers", "denseblock3,denseblock4", "--methods", "gradcam", "--apply",
+                 "--json", str(tmp_path / "cam.json")]) == 0
+    card = json.loads((ensemble_dir / CARD_FILE).read_text())
+    assert card["explain"]["layer"] == "denseblock3"          # the only one with an 8 x 8 map at 128 px
+    assert card["explain"]["faithfulness"]["films"].startswith("2 PNEUMONIA films")
+    assert json.loads((tmp_path / "cam.json").read_text())["layer"] == "denseblock3"
+    out = capsys.readouterr().out
+    assert "denseblock4" in out and "random" in out
+    assert load_model(ensemble_dir).version == "ens-1"        # a card edit does not touch the weights
