@@ -110,8 +110,8 @@ def explain_ui(card: Mapping[str, Any]) -> None:
                 "block (4x4 at this input size).")
         return
     lo, hi = faith.get("ci95") or (None, None)
-    st.markdown(f"**Map used:** {choice.get('method')} on `{choice.get('layer')}`, a "
-                f"{choice['grid'][0]}x{choice['grid'][1]} grid upsampled to the film. "
+    st.markdown(f"**Map used:** {choice.get('method')} on `{choice.get('layer')}` "
+                f"(grid {choice['grid'][0]}x{choice['grid'][1]}, upsampled to the film). "
                 f"**Faithfulness (ROAD combined):** {faith.get('score', float('nan')):+.3f}"
                 + (f" (95% CI {lo:+.3f} to {hi:+.3f})" if lo is not None else "")
                 + f" on {faith.get('films', 'the evaluation films')}.")

@@ -308,6 +308,36 @@ def test_metrics_page_renders_plotly_charts_from_saved_artifacts(weights, monkey
     assert at.multiselect[0].value == ["test", "external"]
 
 
+def test_metrics_says_which_population_is_calibrated_and_how_faithful_the_map_is(tmp_path, monkeypatch,
+                                                                                 tiny_model_dir):
+    import json
+
+    from conftest import active_weights_root
+
+    root = active_weights_root(tmp_path, monkeypatch, tiny_model_dir)
+    card_path = root / "base" / "card.json"
+    card = json.loads(card_path.read_text())
+    row = lambda layer, method, score, ok: {"layer": layer, "method": method, "grid": [8, 8],  # noqa: E731
+                                            "road_combined": score, "ci95": [score - 0.1, score + 0.1],
+                                            "eligible": ok}
+    card["explain"] = {"layer": "denseblock3", "method": "layercam", "grid": [8, 8], "faithfulness": {
+        "score": 0.42, "ci95": [0.32, 0.52], "percentiles": [20, 40, 60, 80],
+        "films": "32 PNEUMONIA films of external/",
+        "table": [row("denseblock3", "layercam", 0.42, True), row("random", "random map", 0.01, False)]}}
+    card_path.write_text(json.dumps(card))
+    _clear_caches()
+    at = open_app("metrics")
+    assert not errors(at)
+    info = "\n".join(i.value for i in at.info)
+    assert "calibrated for films like the official Kermany test set" in info
+    captions = "\n".join(c.value for c in at.caption)
+    assert "ECE by split: " in captions and "test/ " in captions and "external/ " in captions
+    text = "\n".join(m.value for m in at.markdown)
+    assert "layercam on `denseblock3` (grid 8x8" in text and "+0.420 (95% CI +0.320 to +0.520)" in text
+    faith = at.dataframe[-1].value
+    assert list(faith["Method"]) == ["layercam", "random map"] and list(faith["ROAD combined"]) == ["+0.420", "+0.010"]
+
+
 def test_metrics_prevalence_slider_and_split_choice(weights):
     at = open_app("metrics")
     at.multiselect[0].set_value(["test", "external", "val"]).run()
