@@ -28,7 +28,7 @@ def shipped() -> Path:
 
 def test_shipped_weights_are_small_fp16_and_the_card_is_complete(shipped):
     card = json.loads((shipped / "card.json").read_text())
-    assert (shipped / "model.safetensors").stat().st_size < 20 * 2**20
+    assert all(f.stat().st_size < 20 * 2**20 for f in shipped.glob("*.safetensors"))
     assert card["initialisation"]["kind"] == "scratch"
     assert any("scratch" in n.lower() for n in card["notes"])          # the card says how it was made
     assert set(card["operating_points"]) == {"balanced", "high_sensitivity"}
@@ -58,5 +58,23 @@ def test_contract_predict_uses_the_active_model_by_default(tmp_path):
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout.strip().splitlines()[0])
     assert record["status"] == "ok" and record["model_version"] == active_model_dir(WEIGHTS).name
-    assert record["threshold"] == pytest.approx(
-        json.loads((active_model_dir(WEIGHTS) / "card.json").read_text())["operating_points"]["balanced"]["threshold"])
+    card = json.loads((active_model_dir(WEIGHTS) / "card.json").read_text())
+    assert record["operating_point"] == card["default_operating_point"] == "high_sensitivity"
+    assert record["threshold"] == pytest.approx(card["operating_points"]["high_sensitivity"]["threshold"])
+
+
+def test_shipped_version_fits_its_size_budget(shipped):
+    assert sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file()) < 45 * 2**20
+
+
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason="shared data not present")
+def test_shipped_gradcam_map_is_at_least_8x8_and_its_faithfulness_is_recorded(shipped):
+    from pneumo_core.explain import explain
+    from pneumo_core.io import read_xray
+
+    card = json.loads((shipped / "card.json").read_text())
+    faith = card["explain"]["faithfulness"]
+    assert faith["table"] and faith["ci95"][0] <= faith["score"] <= faith["ci95"][1]
+    exp = explain(Predictor.from_dir(shipped), read_xray(next((EXTERNAL / "PNEUMONIA").iterdir())))
+    assert min(exp.raw.shape) >= 8 and exp.method == card["explain"]["method"]
+    assert list(exp.raw.shape) == card["explain"]["grid"]
