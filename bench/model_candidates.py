@@ -82,7 +82,8 @@ def main() -> None:
     plan = {
         "C1": ("EMA, last epoch", final_ema, size, [f"epoch{last:03d}-ema"]),
         "C2": ("raw, last epoch", cand.load_snapshot(snaps[(last, "raw")]), size, [f"epoch{last:03d}-raw"]),
-        "C3": (f"best external epoch ({base.card['training']['selected']})", base.net, size, ["run output"]),
+        "C3": ("{weights} weights of epoch {epoch}, the best external/ AUC during training (selection flatters it)"
+               .format(**base.card["training"]["selected"]), base.net, size, ["run output"]),
         "C4": (f"C1 at {size + 16} px (FixRes)", final_ema, size + 16, [f"epoch{last:03d}-ema"]),
         "C5": (f"C1 at {size + 32} px (FixRes)", final_ema, size + 32, [f"epoch{last:03d}-ema"]),
         "C6": (f"SWA of raw weights, last {args.swa_epochs} epochs, BN re-estimated", swa, size, ["swa"]),
@@ -113,7 +114,7 @@ def main() -> None:
            "rule": "C1 unless a candidate's paired 95% interval of external AUC gain over C1 is above zero; "
                    "then the largest gain", "seconds": round(time.perf_counter() - t0, 1)}
     Path(args.json).write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"chosen: {chosen} ({rows[chosen]['description']})")
+    print(f"chosen by the rule: {chosen} ({rows[chosen]['description']})")
     if args.ship:
         chosen = args.candidate or chosen
         desc, net, s, sources = plan[chosen]

@@ -200,7 +200,8 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str, n_boot
     hundred films is itself noisy), each with its bootstrap spread.
 
     ``high_sensitivity``: the highest threshold whose sensitivity is >= SENSITIVITY_FLOOR in at least
-    HOLD_FRACTION of stratified bootstrap resamples (so a new sample of films keeps the sensitivity).
+    HOLD_FRACTION of stratified bootstrap resamples (so a new sample of films keeps the sensitivity),
+    and never above the balanced threshold.
     ``balanced``: the median over resamples of the maximal-Youden-J threshold (the plain maximum on
     one sample jumps between neighbouring films).
     ``threshold_spread_90``: 5th-95th percentile, over resamples, of the threshold each rule picks on
@@ -219,6 +220,9 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str, n_boot
     sens = _sensitivity_draws(pos, candidates, n_boot, rng)  # n_boot x candidates
     holds = (sens >= SENSITIVITY_FLOOR).mean(0) >= HOLD_FRACTION
     t_hs = float(candidates[int(np.argmax(holds))]) if holds.any() else float(np.min(p))
+    # A well-separated sample can put the Youden point below the floor's threshold: the screening point is
+    # never less sensitive than the balanced one.
+    t_hs = min(t_hs, t_bal)
     # Per resample, the highest threshold reaching the floor (the one-sample rule), for the spread.
     reach = sens >= SENSITIVITY_FLOOR
     per_draw = candidates[np.argmax(reach, axis=1)]
@@ -228,7 +232,8 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str, n_boot
     for name, t, rule, spread in (
             ("balanced", t_bal, f"max Youden J (median threshold over {n_boot} bootstrap resamples)", youden),
             ("high_sensitivity", t_hs, f"highest threshold with sensitivity >= {SENSITIVITY_FLOOR:.2f} in "
-                                       f">= {HOLD_FRACTION:.0%} of {n_boot} bootstrap resamples", per_draw)):
+                                       f">= {HOLD_FRACTION:.0%} of {n_boot} bootstrap resamples, and not above "
+                                       f"the balanced threshold", per_draw)):
         m = threshold_metrics(confusion(y, p, t))
         points[name] = {"threshold": t, "rule": rule, "chosen_on": source,
                         "sensitivity": m["sensitivity"], "specificity": m["specificity"],

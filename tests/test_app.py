@@ -165,7 +165,8 @@ def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights)
     assert metric.label == "Probability of pneumonia" and metric.value.endswith("%")
     assert 0 <= float(metric.value.rstrip("%")) <= 100
     assert any(m.value in (":red-badge[PNEUMONIA]", ":green-badge[NORMAL]") for m in at.markdown)
-    assert any("Balanced" in c.value and "threshold" in c.value for c in at.caption)
+    # The default operating point is the screening one (a second-opinion tool).
+    assert any("High sensitivity" in c.value and "threshold" in c.value for c in at.caption)
     assert len(overlays(at)) == 1 and any(im.captions == ["Film"] for im in at.image)
     assert any("| Format | PNG |" in m.value for m in at.markdown)
     assert at.selectbox(key=next(s.key for s in at.selectbox if s.key.startswith("cam_method_"))).value == "gradcam"
@@ -235,9 +236,9 @@ def test_opacity_slider_and_operating_point_reuse_the_cached_cam(weights, monkey
     slider.set_value(0.9).run()
     assert calls == ["gradcam"]                                   # the slider did not recompute the CAM
     assert len(overlays(at)) == 1
-    at.sidebar.radio(key="operating_point").set_value("high_sensitivity").run()
+    at.sidebar.radio(key="operating_point").set_value("balanced").run()
     assert calls == ["gradcam"]
-    assert any("High sensitivity" in c.value for c in at.caption)
+    assert any("Balanced" in c.value for c in at.caption)
     next(s for s in at.selectbox if s.key.startswith("cam_method_")).set_value("gradcam++").run()
     assert calls == ["gradcam", "gradcam++"] and len(overlays(at)) == 1
     assert "Grad-CAM++" in overlays(at)[0].captions[0]
@@ -286,7 +287,7 @@ def test_triage_is_not_recomputed_on_a_rerun(weights, monkeypatch):
     at = upload(open_app("triage"), ("a.png", film(1)))
     at.run()
     assert calls == [1]
-    at.sidebar.radio(key="operating_point").set_value("high_sensitivity").run()
+    at.sidebar.radio(key="operating_point").set_value("balanced").run()
     assert calls == [1, 1]                      # labels depend on the operating point
 
 

@@ -95,6 +95,16 @@ def test_operating_points():
         assert pt["specificity_90"][0] <= pt["specificity"] <= pt["specificity_90"][1] + 1e-9
 
 
+def test_screening_point_is_never_less_sensitive_than_the_balanced_one():
+    # Well separated: Youden J peaks at a threshold that already keeps every positive.
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200, int), np.zeros(100, int)]
+    p = np.r_[rng.uniform(0.8, 1.0, 200), rng.uniform(0.0, 0.5, 100)]
+    pts = ev.choose_operating_points(y, p, source="x", n_boot=300)
+    assert pts["high_sensitivity"]["threshold"] <= pts["balanced"]["threshold"]
+    assert pts["high_sensitivity"]["sensitivity"] >= pts["balanced"]["sensitivity"]
+
+
 def _sample(rng, n_pos=200, n_neg=110):
     y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
     return y, ev.sigmoid(np.r_[rng.normal(2.2, 1.0, n_pos), rng.normal(-1.0, 1.0, n_neg)])

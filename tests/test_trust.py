@@ -308,7 +308,7 @@ def test_app_predictions_are_audited_by_hash_never_by_name_or_header(weights):
     assert sorted(e["input_sha256"] for e in preds) == sorted(hashlib.sha256(d).hexdigest()
                                                               for d in (raw, png, b"not an image"))
     ok = [e for e in preds if e["result"] in ("PNEUMONIA", "NORMAL")]
-    assert len(ok) == 2 and all(e["operating_point"] == "balanced" and 0 <= e["probability"] <= 1
+    assert len(ok) == 2 and all(e["operating_point"] == "high_sensitivity" and 0 <= e["probability"] <= 1
                                 and e["threshold"] is not None and e["model_version"] for e in ok)
     assert [e["result"] for e in preds if e["result"] not in ("PNEUMONIA", "NORMAL")] == ["error"]
     blob = db_bytes()
