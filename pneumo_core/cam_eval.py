@@ -87,7 +87,10 @@ def compare(predictor: Predictor, pixels: Sequence[np.ndarray], *, layers: Seque
     """ROAD combined score per film for every (layer, method) and for a random-map baseline."""
     for m in methods:
         if m not in METHODS:
-            raise ValueError(f"Unknown CAM method {m!r}.")
+            raise ValueError(f"Unknown CAM method {m!r}; choose from {', '.join(METHODS)}.")
+    for layer in layers:
+        if layer not in LAYERS:
+            raise ValueError(f"Unknown Grad-CAM layer {layer!r}; choose from {', '.join(LAYERS)}.")
     out: list[CamScore] = []
     size = int(predictor.card["input"]["size"])
     batches = [to_batch(list(pixels[i:i + batch_size]), predictor.card["input"]).to(predictor.model.device)

@@ -174,7 +174,9 @@ OP_BOOTSTRAP = 2000
 
 def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     fpr, tpr, thr = roc_curve(y, p)
-    return float(np.clip(thr[int(np.argmax(tpr - fpr))], 0.0, 1.0))
+    finite = np.isfinite(thr)          # roc_curve's first threshold (inf) calls nothing positive
+    j = np.where(finite, tpr - fpr, -np.inf)
+    return float(np.clip(thr[int(np.argmax(j))], 0.0, 1.0))
 
 
 def _sensitivity_draws(pos: np.ndarray, thresholds: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:

@@ -212,8 +212,14 @@ def save_checkpoint(ckpt_dir: Path, payload: dict[str, Any]) -> None:
     """Atomically replace ``ckpt_dir/last.pt`` (a crash mid-write keeps the previous epoch's)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, ckpt_dir / CHECKPOINT)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, ckpt_dir / CHECKPOINT)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(ckpt_dir: Path | None, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -230,8 +236,9 @@ def load_checkpoint(ckpt_dir: Path | None, cfg: TrainConfig) -> dict[str, Any] |
     return ckpt
 
 
-# Settings that do not change what is computed, so a run may resume with other values.
-_RESUME_MAY_DIFFER = {"workers", "threads", "device", "bf16"}
+# Settings that do not change what is computed, so a run may resume with other values. (``device`` and
+# ``bf16`` do; ``device`` may say "auto", so the device actually used is checked separately.)
+_RESUME_MAY_DIFFER = {"workers", "threads"}
 
 
 def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -260,12 +267,15 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    resume = load_checkpoint(ckpt_dir, cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = pick_device(cfg.device)
     use_bf16 = cfg.bf16 and (device.type == "cuda" or _cpu_has_bf16())
     cfg = TrainConfig(**{**asdict(cfg), "bf16": use_bf16})
+    resume = load_checkpoint(ckpt_dir, cfg)
+    if resume is not None and resume.get("device_type", device.type) != device.type:
+        raise ValueError(f"The checkpoint in {ckpt_dir} was made on {resume['device_type']}, not "
+                         f"{device.type}; a run resumes on the same kind of device.")
     net, init = create_model(cfg.init, dropout=cfg.dropout)       # fails fast, before decoding data
     spec = default_input_spec(cfg.image_size)
 
@@ -299,6 +309,9 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     step = 0
     first_epoch = 1
     if resume is not None:
+        if resume.get("data_fingerprint", data["fingerprint"]) != data["fingerprint"]:
+            raise ValueError(f"The checkpoint in {ckpt_dir} was made on other data (the films or their labels "
+                             "differ); use a new checkpoint folder.")
         net.load_state_dict(resume["net"])
         if ema is not None:
             ema.load_state_dict(resume["ema"])
@@ -306,6 +319,8 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
         g.set_state(resume["generator"])
         if "torch_rng" in resume:                         # mixup's Beta draw uses the global generator
             torch.set_rng_state(resume["torch_rng"])
+        if resume.get("cuda_rng") and device.type == "cuda":   # head dropout on CUDA
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
         step, first_epoch, history = resume["step"], resume["epoch"] + 1, list(resume["history"])
         best = (resume["best_score"], resume["best_state"], dict(resume["best_info"]))
         t0 -= resume["elapsed_s"]
@@ -340,7 +355,8 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
                 "config": asdict(cfg), "epoch": epoch, "step": step, "elapsed_s": elapsed,
                 "net": net.state_dict(), "ema": ema.state_dict() if ema is not None else {},
                 "opt": opt.state_dict(), "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history,
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                "device_type": device.type, "data_fingerprint": data["fingerprint"], "history": history,
                 "best_score": best[0], "best_state": best[1], "best_info": best[2]})
         if progress:
             metrics = {k: float(v) for k, v in row.items() if k.endswith(("_auc", "_auc_ema"))}

@@ -105,6 +105,14 @@ def test_screening_point_is_never_less_sensitive_than_the_balanced_one():
     assert pts["high_sensitivity"]["sensitivity"] >= pts["balanced"]["sensitivity"]
 
 
+def test_balanced_point_with_tied_scores_is_a_real_threshold():
+    y = np.array([1, 1, 0, 0, 1, 0])
+    p = np.full(6, 0.7)
+    pts = ev.choose_operating_points(y, p, source="x", n_boot=100)
+    assert pts["balanced"]["threshold"] == pytest.approx(0.7)        # not 1.0 (roc_curve's 'call nothing' point)
+    assert pts["high_sensitivity"]["sensitivity"] == 1.0
+
+
 def _sample(rng, n_pos=200, n_neg=110):
     y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
     return y, ev.sigmoid(np.r_[rng.normal(2.2, 1.0, n_pos), rng.normal(-1.0, 1.0, n_neg)])

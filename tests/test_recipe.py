@@ -239,3 +239,22 @@ def test_cam_eval_cli_records_the_choice_in_the_card(ensemble_dir, tmp_path, cap
     out = capsys.readouterr().out
     assert "denseblock4" in out and "random" in out
     assert load_model(ensemble_dir).version == "ens-1"        # a card edit does not touch the weights
+
+
+def test_a_checkpoint_on_other_data_is_refused(synthetic_data, tmp_path):
+    import shutil
+
+    fit(synthetic_data, tmp_path / "a", TrainConfig(**FAST, epochs=1), checkpoint_dir=tmp_path / "ck")
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_data, other)
+    victim = next((other / "train" / "NORMAL").iterdir())
+    victim.rename(other / "train" / "PNEUMONIA" / victim.name)          # one label changed
+    with pytest.raises(ValueError, match="other data"):
+        fit(other, tmp_path / "b", TrainConfig(**FAST, epochs=1), checkpoint_dir=tmp_path / "ck")
+    assert not (tmp_path / "b").exists()
+
+
+def test_cam_eval_refuses_an_unknown_layer(ensemble_dir, film_png):
+    predictor = Predictor.from_dir(ensemble_dir, guard=False)
+    with pytest.raises(ValueError, match="Unknown Grad-CAM layer"):
+        cam_eval.compare(predictor, [read_xray(film_png).pixels], layers=("denseblock2",), methods=("gradcam",))
