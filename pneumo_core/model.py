@@ -253,18 +253,22 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def fp16_safetensors(net: nn.Module) -> bytes:
+    """The network's state as fp16 safetensors bytes (integer buffers kept as they are)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    return save({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, metadata={"format": "pt"})
+
+
 def save_model(net: nn.Module, card: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Save fp16 safetensors and the card (with the weights' sha256) into ``out_dir``, atomically per file.
 
     The weights are written first and the card last, so a folder with a card is complete.
     """
-    from safetensors.torch import save
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+    atomic_write_bytes(out / WEIGHTS_FILE, fp16_safetensors(net))
     card = dict(card)
     card["schema"] = CARD_SCHEMA
     card["weights"] = {"file": WEIGHTS_FILE, "dtype": "float16", "sha256": sha256_file(out / WEIGHTS_FILE)}
@@ -276,18 +280,14 @@ def save_ensemble(members: list[nn.Module], sources: list[str], card: Mapping[st
                   out_dir: str | Path) -> dict[str, Any]:
     """Save up to three networks as one model: ``member{i}.safetensors`` (fp16) and a card listing each
     member's file, sha256 and source. ``weights`` names the first member, for readers that know one file."""
-    from safetensors.torch import save
-
     if not 1 <= len(members) <= MAX_MEMBERS or len(sources) != len(members):
         raise ValueError(f"An ensemble has 1 to {MAX_MEMBERS} members, each with a source.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     listed = []
     for i, (net, source) in enumerate(zip(members, sources)):
-        state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
         file = f"member{i}.safetensors"
-        atomic_write_bytes(out / file, save(state, metadata={"format": "pt"}))
+        atomic_write_bytes(out / file, fp16_safetensors(net))
         listed.append({"file": file, "sha256": sha256_file(out / file), "source": source})
     card = dict(card)
     card["schema"] = CARD_SCHEMA

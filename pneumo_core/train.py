@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import io
 import math
 import os
 import platform
@@ -28,7 +29,7 @@ from torch import nn
 
 from . import augment as aug
 from .data import ImageSet, LabelledFiles, discover_splits, fingerprint, list_labelled, load_images
-from .model import LABELS, create_model, default_input_spec, save_model, code_version
+from .model import LABELS, atomic_write_bytes, code_version, create_model, default_input_spec, save_model
 from .preprocess import normalise
 
 
@@ -210,16 +211,9 @@ CHECKPOINT = "last.pt"
 
 def save_checkpoint(ckpt_dir: Path, payload: dict[str, Any]) -> None:
     """Atomically replace ``ckpt_dir/last.pt`` (a crash mid-write keeps the previous epoch's)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, ckpt_dir / CHECKPOINT)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(ckpt_dir / CHECKPOINT, buf.getvalue())
 
 
 def load_checkpoint(ckpt_dir: Path | None, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -402,13 +396,10 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
 
 
 def _save_snapshot(path: Path, net: nn.Module) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()
-               if v.is_floating_point()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()
+                                   if v.is_floating_point()}))
 
 
 DATA_CITATION = ("Kermany DS, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
