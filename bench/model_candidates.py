@@ -39,7 +39,8 @@ from bench.common import DATA  # noqa: E402
 from pneumo_core import candidates as cand  # noqa: E402
 from pneumo_core import evaluate as ev  # noqa: E402
 from pneumo_core.data import discover_splits, list_labelled, load_images  # noqa: E402
-from pneumo_core.model import default_input_spec, load_model, save_ensemble, save_model  # noqa: E402
+from pneumo_core.model import Ensemble, default_input_spec, load_model, save_ensemble, save_model  # noqa: E402
+from pneumo_core.train import predict_logits  # noqa: E402
 
 
 def decode(folder: Path, size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -96,7 +97,7 @@ def main() -> None:
     rows = {}
     for name, (desc, net, s, _) in plan.items():
         spec = default_input_spec(s)
-        logits[name] = {split: cand.logits_of(net, films[(split, s)][0], spec) for split in labels}
+        logits[name] = {split: predict_logits(net, films[(split, s)][0], spec) for split in labels}
         row = {"description": desc, "input_size": s}
         for split, z in logits[name].items():
             row[split] = {"auc": ev.safe_auc(labels[split], z), "ci95": cand.auc_ci(labels[split], z)}
@@ -124,7 +125,7 @@ def main() -> None:
         card["notes"] = list(card.get("notes") or []) + [f"Shipped candidate {chosen}: {desc}."]
         for key in ("ensemble", "weights", "metrics", "operating_points", "ood", "explain"):
             card.pop(key, None)
-        if isinstance(net, torch.nn.Module) and hasattr(net, "members"):
+        if isinstance(net, Ensemble):
             save_ensemble(list(net.members), sources, card, args.ship)
         else:
             save_model(net, card, args.ship)

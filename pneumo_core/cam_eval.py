@@ -26,6 +26,7 @@ from .predict import Predictor
 from .preprocess import to_batch
 
 PERCENTILES = (20, 40, 60, 80)
+CANDIDATE_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 MIN_GRID = 8                      # the issue's floor: at least an 8 x 8 map
 
 
@@ -82,7 +83,7 @@ def road_scores(predictor: Predictor, x: torch.Tensor, maps: np.ndarray,
 
 
 def compare(predictor: Predictor, pixels: Sequence[np.ndarray], *, layers: Sequence[str] = LAYERS,
-            methods: Sequence[str] = ("gradcam", "gradcam++", "hirescam", "layercam"),
+            methods: Sequence[str] = CANDIDATE_METHODS,
             percentiles: Sequence[int] = PERCENTILES, batch_size: int = 8) -> list[CamScore]:
     """ROAD combined score per film for every (layer, method) and for a random-map baseline."""
     for m in methods:

@@ -76,17 +76,6 @@ def update_bn(net: nn.Module, pixels: torch.Tensor, spec: dict, *, batch_size: i
     return net.eval()
 
 
-@torch.no_grad()
-def logits_of(net: nn.Module, pixels: torch.Tensor, spec: dict, *, batch_size: int = 64) -> np.ndarray:
-    """Raw logits of uint8 films (N x S x S, already at ``spec['size']``)."""
-    net.eval()
-    out = []
-    for i in range(0, len(pixels), batch_size):
-        x = normalise(pixels[i:i + batch_size].unsqueeze(1).float().div(255.0), spec)
-        out.append(net(x.contiguous(memory_format=torch.channels_last)).float().reshape(-1))
-    return torch.cat(out).numpy()
-
-
 def ensemble(nets: Sequence[nn.Module]) -> Ensemble:
     return Ensemble(list(nets)).eval()
 

@@ -193,7 +193,7 @@ def cmd_cam_eval(args: argparse.Namespace) -> int:
     files = [f for f, y in zip(labelled.files, labelled.labels.tolist()) if y == 1]
     pixels = [read_xray(f).pixels for f in files[:: max(1, len(files) // args.films)][: args.films]]
     layers = tuple(args.layers.split(",")) if args.layers else cam_eval.LAYERS
-    methods = tuple(args.methods.split(",")) if args.methods else ("gradcam", "gradcam++", "hirescam", "layercam")
+    methods = tuple(args.methods.split(",")) if args.methods else cam_eval.CANDIDATE_METHODS
     results = cam_eval.compare(predictor, pixels, layers=layers, methods=methods)
     choice = cam_eval.choose(results)
     choice["faithfulness"]["films"] = f"{len(pixels)} PNEUMONIA films of {Path(args.data).name}/"
@@ -205,7 +205,7 @@ def cmd_cam_eval(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(Path(args.json), choice)
     if args.apply:
-        folder = Path(args.model) if args.model else predictor.model.path
+        folder = predictor.model.path
         card = read_card(folder)
         card["explain"] = choice
         atomic_write_json(folder / CARD_FILE, card)

@@ -77,10 +77,6 @@ def target_layers(net: torch.nn.Module, name: str = DEFAULT_LAYER) -> list[torch
     return out
 
 
-def target_layer(net: torch.nn.Module) -> torch.nn.Module:
-    return target_layers(net)[0]
-
-
 def default_method(card) -> str:
     return ((card or {}).get("explain") or {}).get("method") or "gradcam"
 

@@ -114,9 +114,6 @@ class Predictor:
         with self.lock, torch.inference_mode():
             return self.model.net(x).float().squeeze(1).cpu().numpy()
 
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        return sigmoid(self.logits(images) / self.temperature)
-
     def forward(self, images: list[np.ndarray], taps: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Display pixels -> (raw logits, {tap: pooled features}) from one forward pass."""
         x = to_batch(images, self.card["input"]).to(self.model.device)
