@@ -107,7 +107,7 @@ def explain_ui(card: Mapping[str, Any]) -> None:
     faith = choice.get("faithfulness") or {}
     if not faith:
         st.info("This model's card records no Grad-CAM faithfulness measurement; the map uses the last dense "
-                "block (4x4 at this input size).")
+                "block, the network's coarsest grid.")
         return
     lo, hi = faith.get("ci95") or (None, None)
     st.markdown(f"**Map used:** {choice.get('method')} on `{choice.get('layer')}` "

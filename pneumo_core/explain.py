@@ -4,10 +4,10 @@ The target is explicit: the pneumonia logit (never the library's argmax
 default, meaningless for a one-logit head). Hooks live only inside a ``with``
 block, so the shared model is left exactly as it was.
 
-Which block is explained is the card's ``explain.layer``, chosen per model by a
-faithfulness measure (``pneumo_core.cam_eval``): at 128-144 px the last dense
-block is a 4x4 grid, one blob per film, so newer models use ``denseblock3``
-(8x8 or finer). Cards without the entry keep the last dense block. For an
+Which block and method are used is the card's ``explain`` entry, chosen per
+model by a faithfulness measure (``pneumo_core.cam_eval``) among maps of at
+least 8x8: at 128-144 px the last dense block is a 4x4 grid, one blob per film.
+Cards without the entry keep Grad-CAM on the last dense block. For an
 ensemble the same block of every member is hooked; the library averages their
 normalised maps, and the gradient is that of the ensemble's mean logit.
 """
