@@ -110,11 +110,6 @@ def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int 
     probs = {k: ev.sigmoid(s.logits / temperature) for k, s in scores.items()}
     points = ev.choose_operating_points(scores[fit_on].labels, probs[fit_on], source=f"{fit_on}/")
     card["temperature"] = temperature
-    card["calibration"] = {"method": "temperature scaling", "fitted_on": f"{fit_on}/",
-                           "population": POPULATIONS[fit_on],
-                           "note": f"temperature, thresholds and model selection all used {fit_on}/, "
-                                   f"so its metrics are optimistic; other splits are untouched. "
-                                   + _ece_note(scores, probs, fit_on)}
     card["operating_points"] = points
     card["default_operating_point"] = DEFAULT_OPERATING_POINT
     metrics: dict[str, Any] = {}
@@ -122,6 +117,11 @@ def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int 
         log(f"evaluating {split}")
         metrics[split] = write_evaluation(model_dir, split, s, probs[split], points, temperature,
                                           version=card.get("version"), n_boot=n_boot)
+    card["calibration"] = {"method": "temperature scaling", "fitted_on": f"{fit_on}/",
+                           "population": POPULATIONS[fit_on],
+                           "note": f"temperature, thresholds and model selection all used {fit_on}/, "
+                                   f"so its metrics are optimistic; other splits are untouched. "
+                                   + _ece_note(metrics, fit_on)}
     card["metrics"] = metrics
     atomic_write_json(model_dir / CARD_FILE, card)
     return card
@@ -134,13 +134,16 @@ POPULATIONS = {
 }
 
 
-def _ece_note(scores: dict[str, FolderScores], probs: dict[str, np.ndarray], fit_on: str) -> str:
-    """One temperature cannot serve two populations: say how far off the others are."""
-    others = [f"{k}/ {ev.ece(s.labels, probs[k]):.3f}" for k, s in scores.items() if k != fit_on]
+def _ece_note(metrics: dict[str, dict[str, Any]], fit_on: str) -> str:
+    """One temperature cannot serve two populations: say how far off the others are.
+    ``metrics``: per split, per operating point summaries (ECE does not depend on the point)."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731   (no films: no ECE)
+    ece = {split: fmt(next(iter(points.values())).get("ece")) for split, points in metrics.items()}
+    others = [f"{k}/ {v}" for k, v in ece.items() if k != fit_on]
     if not others:
         return ""
-    return (f"ECE on {fit_on}/ {ev.ece(scores[fit_on].labels, probs[fit_on]):.3f}; on "
-            + ", ".join(others) + ": on other populations a probability may be off by about that much.")
+    return (f"ECE on {fit_on}/ {ece[fit_on]}; on " + ", ".join(others)
+            + ": on other populations a probability may be off by about that much.")
 
 
 def write_evaluation(model_dir: Path, split: str, s: FolderScores, probs: np.ndarray,
