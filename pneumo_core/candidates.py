@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .evaluate import rank_auc, safe_auc
 from .model import Ensemble, build_densenet121
 from .preprocess import normalise
 
@@ -82,20 +83,12 @@ def ensemble(nets: Sequence[nn.Module]) -> Ensemble:
 
 def _boot_aucs(y: np.ndarray, scores: Sequence[np.ndarray], n_boot: int, seed: int) -> tuple[np.ndarray, ...]:
     """AUC of each score vector on the same bootstrap resamples of films (rank identity, ties handled)."""
-    from scipy.stats import rankdata
-
     y = np.asarray(y).astype(int)
     idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
     yb = y[idx]
     ok = (yb.min(1) == 0) & (yb.max(1) == 1)
     yb, idx = yb[ok], idx[ok]
-    pos = yb == 1
-    n_pos, n_neg = pos.sum(1), (~pos).sum(1)
-    out = []
-    for s in scores:
-        ranks = rankdata(np.asarray(s, float)[idx], axis=1)
-        out.append(((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return tuple(out)
+    return tuple(rank_auc(yb == 1, np.asarray(s, float)[idx]) for s in scores)
 
 
 def auc_ci(y: np.ndarray, s: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> list[float]:
@@ -106,8 +99,6 @@ def auc_ci(y: np.ndarray, s: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -
 def paired_auc(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """AUC of scores ``a`` minus AUC of ``b`` on the same films: point, 95% paired-bootstrap interval,
     and the share of resamples where ``a`` is better."""
-    from .evaluate import safe_auc
-
     y = np.asarray(y).astype(int)
     a_b, b_b = _boot_aucs(y, [a, b], n_boot, seed)
     d = a_b - b_b

@@ -91,14 +91,23 @@ def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, f
     }
 
 
+def rank_auc(pos: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row-wise AUC of resampled scores (n_boot x n) with boolean positives ``pos`` of the same shape, by the
+    rank (Mann-Whitney) identity, which equals scikit-learn's roc_auc_score, ties included."""
+    from scipy.stats import rankdata
+
+    n_pos, n_neg = pos.sum(1), (~pos).sum(1)
+    ranks = rankdata(scores, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, list[float | None]]:
     """Percentile bootstrap over films: a 95% CI for each metric of ``point_metrics``.
 
     Vectorised over resamples: counts by numpy, AUC by the rank (Mann-Whitney) identity,
     which equals scikit-learn's roc_auc_score, ties included."""
-    from scipy.stats import rankdata
-
     y, p = np.asarray(y).astype(int), np.asarray(p, float)
     n = len(y)
     if n == 0 or n_boot <= 0:
@@ -112,11 +121,8 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int 
     fn = (pos & ~called).sum(1).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         sens, spec, prec, npv = tp / (tp + fn), tn / (tn + fp), tp / (tp + fp), tn / (tn + fn)
-        n_pos, n_neg = pos.sum(1), (~pos).sum(1)
-        ranks = rankdata(pb, axis=1)
-        auc = ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         draws = {
-            "auc": auc,
+            "auc": rank_auc(pos, pb),
             "pr_auc": np.array([safe_pr_auc(a, b) for a, b in zip(yb, pb)]),
             "accuracy": (tp + tn) / n,
             "sensitivity": sens,
