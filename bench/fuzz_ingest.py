@@ -1235,9 +1235,8 @@ class Fuzzer:
             image, error, seconds, timed_out = call_with_limit(lambda: read_xray(case.data), self.timeout_s)
         peak = self.memory.step_peak()
         self.watchdog.idle()
-        if timed_out:
-            return self._fail(case, "timeout", f"read_xray took {seconds:.1f} s (limit {self.timeout_s:g} s)",
-                              error, seconds)
+        # memory before time: a case that blows the cap is often slow because of it (paging, a loaded
+        # machine), and "memory" is the finding that names the cause
         if peak > self.rss_cap_mb:
             left = f"; {before_mb:.0f} MB before it, left by an earlier case" if before_mb > self.rss_cap_mb else ""
             return self._fail(case, "memory", f"RSS reached {peak:.0f} MB while reading "
@@ -1245,6 +1244,9 @@ class Fuzzer:
         if out_of_memory(error):
             return self._fail(case, "memory", f"an allocation failed under the address-space limit "
                               f"({self.rss_cap_mb:g} MB above the start)", error, seconds)
+        if timed_out:
+            return self._fail(case, "timeout", f"read_xray took {seconds:.1f} s (limit {self.timeout_s:g} s)",
+                              error, seconds)
         if error is not None:
             if isinstance(error, UnreadableImageError) and one_line(str(error)):
                 self.tally.refusals[type(error).__name__] += 1
@@ -1284,7 +1286,7 @@ class Fuzzer:
             for item in items:
                 self.flush([item])
             if len(self.tally.failures) == before:      # only the batch fails: one failure, on its first case
-                what = "timeout" if timed_out else "memory" if peak > self.rss_cap_mb else "predict"
+                what = "memory" if peak > self.rss_cap_mb else "timeout" if timed_out else "predict"
                 case = items[0][0]
                 failure = Failure(case.k, case.seed.name, case.ops, case.sha256, f"batch-{what}",
                                   type(error).__name__ if error else what,
@@ -1294,13 +1296,13 @@ class Fuzzer:
                 self._write(case, failure)
             return
         case, _, ingest_s = items[0]
-        if timed_out:
-            return self._fail(case, "timeout", f"predict took {seconds:.1f} s (limit {limit:g} s)", error,
-                              ingest_s + seconds)
         if peak > self.rss_cap_mb or out_of_memory(error):
             return self._fail(case, "memory", f"RSS reached {peak:.0f} MB while predicting (cap {self.rss_cap_mb:g})"
                               if peak > self.rss_cap_mb else "an allocation failed under the address-space limit",
                               error, ingest_s + seconds)
+        if timed_out:
+            return self._fail(case, "timeout", f"predict took {seconds:.1f} s (limit {limit:g} s)", error,
+                              ingest_s + seconds)
         if error is not None or len(results or ()) != len(items):
             return self._fail(case, "predict", str(error).splitlines()[0][:300] if error and str(error) else
                               f"{len(results or ())} results for {len(items)} films", error, ingest_s + seconds)
