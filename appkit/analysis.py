@@ -7,12 +7,12 @@ rerun (an opacity slider moved, an operating point changed) reuses what was alre
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pneumo_core.errors import UnreadableImageError
 from pneumo_core.explain import Explanation, explain
 from pneumo_core.io import XrayImage, read_xray
-from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor
+from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor, film_warnings
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,27 @@ class Film:
     image: XrayImage | None = None
     error: str | None = None
     rejection: str | None = None
+    caution: str | None = None       # analysed, but outside the validated population (e.g. an adult film)
+    film_type: str | None = None     # pneumo_core.filmtype.CLASSES; None without a film-type check
     predictions: dict[str, Prediction] = field(default_factory=dict)      # by operating point
     explanations: dict[str, Explanation] = field(default_factory=dict)    # by CAM method
 
     def prediction(self, predictor: Predictor, operating_point: str) -> Prediction:
         if operating_point not in self.predictions:
-            self.predictions[operating_point] = predictor.predict(self.image, operating_point)
+            self.predictions[operating_point] = self._typed(predictor.predict(self.image, operating_point))
         return self.predictions[operating_point]
+
+    def _typed(self, pred: Prediction) -> Prediction:
+        """The prediction with the warning its film type carries (an adult film), as ``screen_many`` gives it."""
+        extra = tuple(w for w in film_warnings(self.film_type) if w not in pred.warnings)
+        return replace(pred, warnings=extra + pred.warnings) if extra else pred
 
     def explanation(self, predictor: Predictor, method: str, operating_point: str) -> Explanation:
         """Grad-CAM, computed once per method; its forward pass also gives the prediction."""
         if method not in self.explanations:
             exp = explain(predictor, self.image, method=method, operating_point=operating_point)
             self.explanations[method] = exp
-            self.predictions.setdefault(exp.prediction.operating_point, exp.prediction)
+            self.predictions.setdefault(exp.prediction.operating_point, self._typed(exp.prediction))
         return self.explanations[method]
 
 
@@ -69,7 +76,9 @@ def decode(upload: Upload, predictor: Predictor) -> Film:
     except UnreadableImageError as exc:
         return Film(upload.name, upload.sha, error=str(exc))
     try:
-        rejection = predictor.check(image)
+        screened = predictor.screen(image)
     except MODEL_ERRORS as exc:     # the check could not run: refuse rather than pass the film unchecked
-        rejection = f"The out-of-distribution check could not run ({type(exc).__name__})."
-    return Film(upload.name, upload.sha, image=image, rejection=rejection)
+        return Film(upload.name, upload.sha, image=image,
+                    rejection=f"The out-of-distribution check could not run ({type(exc).__name__}).")
+    return Film(upload.name, upload.sha, image=image, rejection=screened.reason, caution=screened.caution,
+                film_type=screened.film_type)

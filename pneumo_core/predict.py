@@ -22,6 +22,7 @@ from .evaluate import sigmoid
 from .guard import LATERAL_VIEWS, model_free_reason
 from .io import XrayImage, read_xray
 from .model import LABELS, LoadedModel, load_model
+from .filmtype import ADULT, ADULT_WARNING, FilmTypeCheck, load_check, model_free_kind
 from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
 from .preprocess import to_batch
 
@@ -44,8 +45,15 @@ class Prediction:
 class Screened:
     """The guard's verdict on one film and, unless it was not computed, the model's answer."""
 
-    reason: str | None               # why the film is outside validated use; None when accepted
+    reason: str | None               # why the film is rejected; None when accepted
     prediction: Prediction | None    # None only for films the model-free checks refused (not run)
+    film_type: str | None = None     # filmtype.CLASSES; None when the version has no film-type check
+    caution: str | None = None       # accepted, but outside the validated population (an adult film)
+
+    @property
+    def outside_validated_use(self) -> str | None:
+        """Why a result for this film is outside validated use (rejected or cautioned), else None."""
+        return self.reason or self.caution
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class Record:
     message: str = ""
     operating_point: str | None = None
     warnings: tuple[str, ...] = ()
+    film_type: str | None = None         # filmtype.CLASSES, when the version has a film-type check
+    outside_validated_use: bool = False  # analysed, but not a film of the validated population
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -69,16 +79,21 @@ class Record:
 
 
 class Predictor:
-    def __init__(self, model: LoadedModel, guard: Guard | None = None):
+    def __init__(self, model: LoadedModel, guard: Guard | None = None, film_types: FilmTypeCheck | None = None):
         self.model = model
         self.guard = guard           # None: a model without a fitted guard (model-free checks only)
+        self.film_types = film_types  # None: no film-type check (the guard alone decides); needs the guard
         self.lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, *, guard: bool = True) -> "Predictor":
-        """Load a model folder and, when its card names one (and ``guard``), its OOD guard (sha256 checked)."""
+        """Load a model folder and, when its card names them (and ``guard``), its OOD guard and film-type
+        check (each sha256 checked)."""
         model = load_model(model_dir)
-        return cls(model, load_guard(model.path, model.card) if guard else None)
+        if not guard:
+            return cls(model)
+        g = load_guard(model.path, model.card)
+        return cls(model, g, load_check(model.path, model.card) if g is not None else None)
 
     @property
     def card(self) -> Mapping[str, Any]:
@@ -130,6 +145,8 @@ class Predictor:
         """
         name, thr = self.threshold(operating_point)
         reasons = [model_free_reason(im) for im in images]
+        kinds = [model_free_kind(r, im.metadata) for r, im in zip(reasons, images)]
+        cautions: list[str | None] = [None] * len(images)
         preds: list[Prediction | None] = [None] * len(images)
         run = [i for i, r in enumerate(reasons) if r is None or predict_rejected]
         taps = self.guard.taps if self.guard is not None else ()
@@ -138,17 +155,30 @@ class Predictor:
             pixels = [images[i].pixels for i in idx]
             logits, feats = self.forward(pixels, taps)
             probs = sigmoid(logits / self.temperature)
-            scores = None
+            scores = verdicts = None
             if self.guard is not None:
                 feats[LAYOUT] = layout(pixels, self.card["input"])
                 scores = self.guard.scores(feats)
+                if self.film_types is not None:
+                    verdicts = self.film_types.judge(feats, scores, [images[i].metadata for i in idx],
+                                                     moderate=self.guard.moderate / self.guard.threshold)
             for j, i in enumerate(idx):
                 p, im = float(probs[j]), images[i]
-                preds[i] = Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
-                                      tuple(im.warnings) + clinical_warnings(im, p, thr, self.temperature))
-                if reasons[i] is None and scores is not None:
+                if verdicts is not None and reasons[i] is None:
+                    v = verdicts[j]
+                    reasons[i], kinds[i], cautions[i] = v.reason, v.kind, v.caution
+                elif verdicts is not None:
+                    kinds[i] = kinds[i] or verdicts[j].kind
+                elif reasons[i] is None and scores is not None:
                     reasons[i] = self.guard.reason(im, float(scores[j]))
-        return [Screened(r, p) for r, p in zip(reasons, preds)]
+                preds[i] = Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
+                                      film_warnings(kinds[i]) + tuple(im.warnings)
+                                      + clinical_warnings(im, p, thr, self.temperature, adult=kinds[i] == ADULT))
+        return [Screened(r, p, k, c) for r, p, k, c in zip(reasons, preds, kinds, cautions)]
+
+    def screen(self, image: XrayImage, operating_point: str | None = None) -> Screened:
+        """``screen_many`` for one film: the verdict, film type, caution and prediction."""
+        return self.screen_many([image], operating_point)[0]
 
     def check_many(self, images: list[XrayImage], *, batch_size: int = 16) -> list[str | None]:
         """For each film, a one-line reason it is outside validated use, or None to analyse it."""
@@ -176,14 +206,21 @@ class Predictor:
                           tuple(image.warnings) + clinical_warnings(image, p, thr, self.temperature))
 
 
-def clinical_warnings(image: XrayImage, probability: float, threshold: float, temperature: float = 1.0) -> tuple[str, ...]:
-    """What a radiologist should know before trusting the number."""
+def film_warnings(kind: str | None) -> tuple[str, ...]:
+    """The warning a film type carries on an analysed film (an adult film: not the validated population)."""
+    return (ADULT_WARNING,) if kind == ADULT else ()
+
+
+def clinical_warnings(image: XrayImage, probability: float, threshold: float, temperature: float = 1.0,
+                      *, adult: bool = False) -> tuple[str, ...]:
+    """What a radiologist should know before trusting the number (``adult``: the adult-film warning is already
+    given, so the DICOM age note would repeat it)."""
     notes = []
     view = str(image.metadata.get("view_position") or "").upper()
     if view in LATERAL_VIEWS:
         notes.append(f"Lateral view ({view}): the model was trained on frontal films only.")
     age = image.metadata.get("patient_age_years")
-    if isinstance(age, (int, float)) and age > PEDIATRIC_MAX_AGE:
+    if isinstance(age, (int, float)) and age > PEDIATRIC_MAX_AGE and not adult:
         notes.append("Patient older than the pediatric training population (1–5 years): "
                      "the model is not validated for this age.")
     z = lambda q: np.log(max(q, 1e-9) / max(1 - q, 1e-9))  # noqa: E731
@@ -204,13 +241,16 @@ def screened_record(file: str, image: XrayImage, screened: Screened, operating_p
                     model_version: str, *, allow_rejected: bool = False) -> Record:
     """The contract record of one screened film: rejected with its reason, or ok (marked outside validated
     use when a rejected film is analysed anyway)."""
-    reason, pred = screened.reason, screened.prediction
+    reason, pred, kind = screened.reason, screened.prediction, screened.film_type
     if reason and not allow_rejected:
         return Record(file, "rejected", message=f"Not analysed: {reason}", model_version=model_version,
-                      threshold=threshold, operating_point=operating_point, warnings=tuple(image.warnings))
+                      threshold=threshold, operating_point=operating_point, warnings=tuple(image.warnings),
+                      film_type=kind, outside_validated_use=True)
+    outside = screened.outside_validated_use
     return Record(file, "ok", pred.probability, pred.label, pred.threshold, pred.model_version,
-                  message=("Outside validated use: " + reason) if reason else "",
-                  operating_point=operating_point, warnings=pred.warnings)
+                  message=("Outside validated use: " + outside) if outside else "",
+                  operating_point=operating_point, warnings=pred.warnings, film_type=kind,
+                  outside_validated_use=bool(outside))
 
 
 def predict_files(predictor: Predictor, paths: Iterable[str | Path], operating_point: str | None = None,

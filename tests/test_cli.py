@@ -114,7 +114,7 @@ def test_evaluate_writes_contract_json(tiny_model_dir, synthetic_data, tmp_path,
     c = rep["confusion"]
     assert c["tp"] + c["fp"] + c["tn"] + c["fn"] == 16
     card = json.loads((tiny_model_dir / "card.json").read_text())
-    assert rep["threshold"] == pytest.approx(card["operating_points"]["balanced"]["threshold"])
+    assert rep["threshold"] == pytest.approx(card["operating_points"][card["default_operating_point"]]["threshold"])
     assert main(["evaluate", "--data", str(tmp_path), "--model", str(tiny_model_dir), "--json", str(out)]) == 2
 
 
