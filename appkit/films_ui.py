@@ -16,7 +16,7 @@ from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
 from .limits import RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
-from .text import card_summary, fmt_pct, metadata_rows, op_description
+from .text import card_summary, fmt_pct, metadata_rows, op_description, outside_detail
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
@@ -96,16 +96,18 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
             audit_once(("predict", film.sha, "error"), "predict", "error", input_sha256=film.sha,
                        model_version=model.version)
             return
-        outside = None
+        outside = film.caution
         if film.rejection:
-            st.error(f"**Rejected: this does not look like a chest film the model can assess.** {film.rejection}",
-                     icon=":material/report:")
+            st.error("**Rejected: this does not look like a chest film the model can assess.** "
+                     + _escape(film.rejection), icon=":material/report:")
             audit_once(("predict", film.sha, "rejected"), "predict", "rejected", input_sha256=film.sha,
                        model_version=model.version)
             if not st.checkbox("Analyse anyway (outside validated use)", key=f"force_{key}"):
                 st.image(to_uint8(shrink(film.image.pixels, 256)), caption="The uploaded image")
                 return
             outside = film.rejection
+        if outside:
+            outside_ui(outside)
         col_film, col_cam, col_result = st.columns([1, 1, 1.1], gap="medium")
         with col_cam:
             cam_slot = st.empty()
@@ -119,7 +121,7 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
         audit_once(("predict", film.sha, pred.operating_point, model.key, bool(outside)), "predict", pred.label,
                    input_sha256=film.sha, model_version=pred.model_version, probability=pred.probability,
                    operating_point=pred.operating_point, threshold=pred.threshold,
-                   detail="analysed anyway, outside validated use" if outside else None)
+                   detail=outside_detail(film.film_type, analysed_anyway=bool(film.rejection)) if outside else None)
         shown = shrink(film.image.pixels, DISPLAY_SIDE)
         col_film.image(to_uint8(shown), caption="Film", width="stretch")
         cam_slot.image(overlay(shown, exp.normalised, alpha=alpha), width="stretch",
@@ -127,17 +129,29 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
                                "(red = strongest evidence within this film), not a lesion outline")
         with col_result:
             result_ui(pred, model, outside)
-            warnings_ui(((f"Outside validated use: {outside}",) if outside else ()) + pred.warnings)
+            warnings_ui(pred.warnings)
             metadata_ui(film)
             downloads_ui(film, exp, pred, model, alpha, outside, key)
 
 
-def result_ui(pred: Prediction, model: ActiveModel, outside: str | None) -> None:
-    st.metric("Probability of pneumonia", fmt_pct(pred.probability))
-    badges = f":{'red' if pred.label == 'PNEUMONIA' else 'green'}-badge[{pred.label}]"
+def outside_ui(why: str) -> None:
+    """The headline of a film analysed outside validated use (an analysed-anyway rejection, an adult film):
+    first thing in the film's box, above the result."""
+    st.warning("**Outside validated use.** " + _escape(why) + " The probability and label below are not "
+               "validated for this film.", icon=":material/warning:")
+
+
+def label_badges(label: str, outside: str | None) -> str:
+    """A validated film's label in green or red; outside validated use, never a plain green or red label."""
     if outside:
-        badges += " :orange-badge[Outside validated use]"
-    st.markdown(badges)
+        return f":orange-badge[Outside validated use] :gray-badge[{label} — not validated]"
+    return f":{'red' if label == 'PNEUMONIA' else 'green'}-badge[{label}]"
+
+
+def result_ui(pred: Prediction, model: ActiveModel, outside: str | None) -> None:
+    st.metric("Probability of pneumonia", fmt_pct(pred.probability),
+              help="Outside validated use: not validated for this film." if outside else None)
+    st.markdown(label_badges(pred.label, outside))
     st.caption(f"Calibrated probability. Label at the {op_description(model.card, pred.operating_point, pred.threshold)} "
                f"operating point. Model `{pred.model_version}`.")
 

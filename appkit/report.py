@@ -21,6 +21,12 @@ def latin1(text: str) -> str:
     return str(text).translate(_ASCII).encode("latin-1", "replace").decode("latin-1")
 
 
+def _height(pdf: FPDF, text: str, size: float, h: float) -> float:
+    """The height ``multi_cell`` would take for this text (nothing drawn)."""
+    pdf.set_font("Helvetica", "", size)
+    return pdf.multi_cell(0, h, latin1(text), dry_run=True, output="HEIGHT")
+
+
 def pdf_report(*, file_name: str, film: np.ndarray, overlay_rgb: np.ndarray, probability: float, label: str,
                operating_point: str, model_version: str, card_line: str, method: str,
                warnings: Sequence[str] = (), metadata: Sequence[tuple[str, str]] = (),
@@ -39,6 +45,14 @@ def pdf_report(*, file_name: str, film: np.ndarray, overlay_rgb: np.ndarray, pro
         pdf.multi_cell(0, h, latin1(text), new_x="LMARGIN", new_y="NEXT")
 
     line("Pneumonia decision support - film report", 16, "B", 8)
+    if outside_validated_use:                 # the headline: before anything else about the film
+        pdf.set_fill_color(255, 224, 178)
+        pdf.set_font("Helvetica", "B", 11)
+        pdf.set_text_color(150, 40, 0)
+        pdf.multi_cell(0, 6, latin1(f"OUTSIDE VALIDATED USE: {outside_validated_use} The probability and label "
+                                    "are not validated for this film."),
+                       fill=True, padding=1.5, new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(1)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     line(f"File: {file_name}    Generated: {created}", 9, colour=90)
     pdf.ln(2)
@@ -56,24 +70,29 @@ def pdf_report(*, file_name: str, film: np.ndarray, overlay_rgb: np.ndarray, pro
         pdf.cell(width, 4, latin1(caption))
     pdf.set_xy(15, top + img_h + 8)
 
-    line(f"Probability of pneumonia: {100 * probability:.1f}%    Label: {label}", 15, "B", 8)
-    if outside_validated_use:
-        line(f"OUTSIDE VALIDATED USE: {outside_validated_use}", 10, "B", colour=0)
+    line(f"Probability of pneumonia: {100 * probability:.1f}%    Label: {label}"
+         + (" (not validated)" if outside_validated_use else ""), 15, "B", 8)
     line(f"Operating point: {operating_point}", 10)
     line(f"Model: {model_version}  ({card_line})", 9, colour=60)
     line("The probability is calibrated on the model's held-out data. The Grad-CAM map shows where, within "
          "this film, the model's evidence for pneumonia is strongest relative to the rest of the film; "
          "it is not an absolute measure and not a lesion outline.", 8.5, colour=60, h=4.5)
+    footer = 297 - 15 - 16
     if warnings:
         pdf.ln(1)
         line("Warnings", 10, "B")
-        for w_ in list(warnings)[:8]:
+        shown = list(warnings)[:8]
+        for i, w_ in enumerate(shown):
+            if pdf.get_y() + _height(pdf, f"- {w_}", 9, 4.8) > footer - 10:   # keep clear of the footer
+                line(f"({len(shown) - i} more warning(s): see the app.)", 9, "I", h=4.8)
+                break
             line(f"- {w_}", 9, h=4.8)
-    if metadata:
+    if metadata and pdf.get_y() + _height(pdf, "Image: " + "; ".join(f"{k} {v}" for k, v in metadata), 8.5,
+                                          4.5) < footer - 1:
         pdf.ln(1)
         line("Image: " + "; ".join(f"{k} {v}" for k, v in metadata), 8.5, colour=60, h=4.5)
 
-    pdf.set_xy(15, 297 - 15 - 16)
+    pdf.set_xy(15, footer)
     pdf.set_fill_color(242, 244, 247)
     pdf.set_text_color(20)
     pdf.set_font("Helvetica", "B", 13)

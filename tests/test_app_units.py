@@ -84,8 +84,10 @@ def test_pdf_report_is_one_page_with_the_caution(predictor):
     streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, flags=re.S)
     content = b"".join(_inflate(s) for s in streams).decode("latin-1").replace("\\(", "(").replace("\\)", ")")
     for words in ("Decision support, not a diagnosis", "73.4%", "PNEUMONIA", "v-test", "High sensitivity",
-                  "OUTSIDE VALIDATED USE", "external AUC 0.950 (0.930-0.970)", "(1-5 years)"):
+                  "OUTSIDE VALIDATED USE: The image is blank.", "Label: PNEUMONIA (not validated)",
+                  "external AUC 0.950 (0.930-0.970)", "(1-5 years)"):
         assert words in content, words
+    assert content.index("OUTSIDE VALIDATED USE") < content.index("Probability of pneumonia")   # the headline
 
 
 def _inflate(data: bytes) -> bytes:
