@@ -20,7 +20,7 @@ from .images import thumbnail_uri
 
 FLAG_POINT = "high_sensitivity"
 CSV_COLUMNS = ("file", "status", "probability", "label", "flag", "warnings", "message", "model_version",
-               "operating_point", "threshold")
+               "operating_point", "threshold", "film_type", "outside_validated_use")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class TriageRow:
     flag: bool                 # probability at or above the flag threshold
     sha: str                   # which upload (for the detail view)
     thumbnail: str = ""        # data-URI PNG; never exported
+
+    @property
+    def outside(self) -> bool:
+        """Analysed, but outside validated use (e.g. an adult film): its number is not a validated one."""
+        return self.record.status == "ok" and self.record.outside_validated_use
 
 
 def flag_threshold(predictor: Predictor, operating_point: str) -> tuple[str, float]:
@@ -86,9 +91,18 @@ def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str
 
 
 def sort_worklist(rows: Sequence[TriageRow]) -> list[TriageRow]:
-    """Highest probability first; then rejected, then unreadable films (upload order kept within each)."""
-    rank = {"ok": 0, "rejected": 1, "error": 2}
-    return sorted(rows, key=lambda r: (rank.get(r.record.status, 3), -(r.record.probability or 0.0)))
+    """Validated films, highest probability first; then films analysed outside validated use (an adult film),
+    highest first; then rejected, then unreadable films (upload order kept within each)."""
+    def rank(r: TriageRow) -> int:
+        status = r.record.status
+        return (1 if r.outside else 0) if status == "ok" else {"rejected": 2, "error": 3}.get(status, 4)
+
+    return sorted(rows, key=lambda r: (rank(r), -(r.record.probability or 0.0)))
+
+
+def film_type_text(film_type: str | None) -> str:
+    """A film type (``pneumo_core.filmtype.CLASSES``) in words; empty without a film-type check."""
+    return (film_type or "").replace("_", " ")
 
 
 def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
@@ -96,16 +110,19 @@ def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
     return pd.DataFrame({
         "thumbnail": [r.thumbnail or None for r in rows],
         "flag": [r.flag for r in rows],
+        "outside": [r.record.outside_validated_use for r in rows],
         "file": [r.record.file for r in rows],
         "probability": [r.record.probability for r in rows],
         "label": [r.record.label or "" for r in rows],
+        "film_type": [film_type_text(r.record.film_type) for r in rows],
         "status": [r.record.status for r in rows],
         "notes": [" ".join(filter(None, [r.record.message, *r.record.warnings])) for r in rows],
     })
 
 
 def worklist_csv(rows: Sequence[TriageRow]) -> bytes:
-    """File name, status, probability, label, flag, warnings, model version, operating point: no image, no patient data."""
+    """File name, status, probability, label, flag, warnings, model version, operating point, film type and
+    whether the result is outside validated use: no image, no patient data."""
     df = pd.DataFrame([{**r.record.to_json(), "flag": r.flag} for r in rows], columns=list(CSV_COLUMNS))
     df["warnings"] = [" | ".join(r.record.warnings) for r in rows]
     return df.to_csv(index=False).encode("utf-8")

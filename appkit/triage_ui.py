@@ -9,8 +9,11 @@ import streamlit as st
 from .analysis import Upload
 from .auth_ui import audit_events
 from .model import ActiveModel
-from .text import op_label
+from .text import op_label, outside_detail
 from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
+
+FLAG_TINT = "background-color: #fbe9e7"       # flagged, validated film (pink)
+OUTSIDE_TINT = "background-color: #fff3cd"    # analysed outside validated use, e.g. an adult film (amber)
 
 
 def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> list[TriageRow]:
@@ -25,7 +28,8 @@ def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> li
     bar.empty()
     audit_events("triage", [{"input_sha256": r.sha, "result": r.record.label or r.record.status,
                              "probability": r.record.probability, "operating_point": op,
-                             "threshold": r.record.threshold, "model_version": r.record.model_version or model.version}
+                             "threshold": r.record.threshold, "model_version": r.record.model_version or model.version,
+                             "detail": outside_detail(r.record.film_type) if r.outside else None}
                             for r in rows])
     if not any(u.retry for u in uploads):      # films refused for now (rate limit) are analysed on a later run
         st.session_state["_triage"] = (key, rows)
@@ -33,21 +37,33 @@ def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> li
 
 
 def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
+    """Counts; flags on films outside validated use are not counted as flags (they are counted apart)."""
     flag_name, flag_thr = flag_threshold(model.predictor, op)
     counts = {s: sum(r.record.status == s for r in rows) for s in ("ok", "rejected", "error")}
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("Analysed", counts["ok"])
-    cols[1].metric("Flagged", sum(r.flag for r in rows),
-                   help=f"Probability at or above the {op_label(flag_name)} threshold ({flag_thr:.3f}).")
-    cols[2].metric("Rejected", counts["rejected"], help="Readable, but not a chest film the model can assess.")
-    cols[3].metric("Unreadable", counts["error"])
+    cols[1].metric("Flagged", sum(r.flag and not r.outside for r in rows),
+                   help=f"Films within validated use with a probability at or above the {op_label(flag_name)} "
+                        f"threshold ({flag_thr:.3f}).")
+    cols[2].metric("Outside validated use", sum(r.outside for r in rows),
+                   help="Analysed, but not a film of the population the model was validated on (e.g. an adult "
+                        "film). Listed after the validated films, tinted amber; their flags are not counted.")
+    cols[3].metric("Rejected", counts["rejected"], help="Readable, but not a chest film the model can assess.")
+    cols[4].metric("Unreadable", counts["error"])
+
+
+def row_tint(row) -> list[str]:
+    """A worklist row's style: amber for a film analysed outside validated use, else pink when flagged."""
+    tint = OUTSIDE_TINT if row["outside"] and row["status"] == "ok" else FLAG_TINT if row["flag"] else ""
+    return [tint] * len(row)
 
 
 def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> TriageRow | None:
-    """The worklist (highest probability first, flagged rows tinted); returns the selected row."""
+    """The worklist (validated films highest probability first, flagged rows tinted pink, films outside
+    validated use after them, tinted amber); returns the selected row."""
     flag_name, flag_thr = flag_threshold(model.predictor, op)
     df = worklist_frame(rows)
-    styled = df.style.apply(lambda r: ["background-color: #fbe9e7" if r["flag"] else ""] * len(r), axis=1)
+    styled = df.style.apply(row_tint, axis=1)
     event = st.dataframe(
         styled, key="worklist", on_select="rerun", selection_mode="single-row", hide_index=True, row_height=52,
         height=40 + 52 * min(len(rows), 12),
@@ -55,10 +71,16 @@ def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> Triag
             "thumbnail": st.column_config.ImageColumn("Film", width="small"),
             "flag": st.column_config.CheckboxColumn(
                 "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({flag_thr:.3f})"),
+            "outside": st.column_config.CheckboxColumn(
+                "Outside validated use", width="small",
+                help="Not a film of the population the model was validated on: analysed with a warning (e.g. an "
+                     "adult film), or rejected"),
             "file": st.column_config.TextColumn("File", width="medium"),
             "probability": st.column_config.ProgressColumn("P(pneumonia)", format="percent", min_value=0.0,
                                                            max_value=1.0, width="medium"),
             "label": st.column_config.TextColumn("Label", help=f"At the {op_label(op)} operating point"),
+            "film_type": st.column_config.TextColumn("Film type", width="small",
+                                                     help="The model's film-type check, when it has one"),
             "status": st.column_config.TextColumn("Status", width="small"),
             "notes": st.column_config.TextColumn("Warnings / errors", width="large"),
         })
@@ -70,4 +92,4 @@ def csv_ui(rows: Sequence[TriageRow]) -> None:
     st.download_button("Worklist CSV", worklist_csv(rows), file_name="worklist.csv", mime="text/csv",
                        on_click="ignore", icon=":material/download:",
                        help="File name, status, probability, label, flag, warnings, model version, operating "
-                            "point. No images, no patient data.")
+                            "point, film type, outside validated use. No images, no patient data.")

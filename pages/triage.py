@@ -15,7 +15,8 @@ op = operating_point(model)
 uploads = uploads_ui("Films to triage", key="triage_upload")
 if not uploads:
     st.info("Upload a batch of chest films. They are scored at the operating point chosen in the sidebar and "
-            "listed highest probability first; films at or above the high-sensitivity threshold are flagged.")
+            "listed highest probability first; films at or above the high-sensitivity threshold are flagged. "
+            "Films outside validated use (e.g. adult films) are listed after them, tinted amber.")
     st.stop()
 
 rows = triage_results(model, uploads, op)

@@ -261,7 +261,8 @@ def test_triage_worklist_sorted_flagged_with_inline_errors(weights):
     at = upload(at, *files)
     assert not errors(at)
     df = at.dataframe[0].value
-    assert list(df.columns) == ["thumbnail", "flag", "file", "probability", "label", "status", "notes"]
+    assert list(df.columns) == ["thumbnail", "flag", "outside", "file", "probability", "label", "film_type",
+                                "status", "notes"]
     ok = df[df.status == "ok"]
     assert len(ok) == 7 and list(ok.probability) == sorted(ok.probability, reverse=True)
     assert list(df.status) == ["ok"] * 7 + ["rejected", "error"]            # problems listed last, inline
@@ -269,7 +270,9 @@ def test_triage_worklist_sorted_flagged_with_inline_errors(weights):
     assert df.thumbnail.iloc[0].startswith("data:image/png;base64,")
     assert df.flag.dtype == bool
     assert {m.label: m.value for m in at.metric} == {"Analysed": "7", "Flagged": str(int(df.flag.sum())),
-                                                     "Rejected": "1", "Unreadable": "1"}
+                                                     "Outside validated use": "0", "Rejected": "1",
+                                                     "Unreadable": "1"}
+    assert list(df.outside) == [False] * 7 + [True, False]     # the rejected film; no film-type check here
     assert [d.label for d in at.get("download_button")] == ["Worklist CSV"]
     assert not any(secret in texts(at) for secret in SECRETS)
 
