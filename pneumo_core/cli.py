@@ -101,6 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .model import read_card
     from .train import TrainConfig, fit
     from .validation import calibrate_model
 
@@ -121,6 +122,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                  keep_snapshots=args.keep_snapshots)
     if not args.no_calibrate:
         calibrate_model(result.out_dir, args.data, n_boot=args.bootstrap, log=print)
+    if not args.no_guard:
+        from .ood import fit_guard
+
+        print("fitting the out-of-distribution guard and the film-type check", flush=True)
+        info = fit_guard(result.out_dir, args.data, film_types=args.film_types, log=print)
+        film_type = read_card(result.out_dir).get("film_type") or {}
+        print(f"guard threshold {info['threshold']:.3f}; film-type check: "
+              + ("fitted" if film_type.get("fitted") else f"none ({film_type.get('why')})"), flush=True)
     print(f"model written to {result.out_dir}")
     return EXIT_OK
 
@@ -156,8 +165,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def film_types_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--film-types", type=Path,
+                   help="folder of other films (frontal_chest_adult/, other_radiograph/, other_modality/, "
+                        "lateral_chest/ [measured only]) to fit the film-type check on; default $PNEUMO_FILM_TYPES, "
+                        "else film_types/ beside the data folder. Without one the version has no film-type check")
+
+
 def cmd_fit_guard(args: argparse.Namespace) -> int:
     from .data import discover_splits
+    from .model import read_card
     from .ood import fit_guard
 
     if not 0 < args.false_rejection < 0.5:
@@ -170,11 +187,14 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     info = fit_guard(args.model, args.data, false_rejection=args.false_rejection, copies=args.copies,
                      max_train=args.max_train, max_eval=args.max_eval, negatives=not args.no_negatives,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
+                     film_types=args.film_types, log=lambda s: print(s, file=sys.stderr, flush=True))
     neg = info["negative_rejection"]
+    film_type = read_card(Path(args.model)).get("film_type") or {}
     summary = {"threshold": info["threshold"], "false_rejection": info["false_rejection"],
                "negative_rejection": {k: neg[k] for k in ("rate", "rejected", "n", "per_category", "missed")}
-               if neg else None, "sha256": info["sha256"]}
+               if neg else None, "sha256": info["sha256"],
+               "film_type": {k: film_type[k] for k in ("leave_one_source_out", "measured") if k in film_type}
+               if film_type.get("fitted") else film_type.get("why")}
     print(json.dumps(summary, indent=2))
     return EXIT_OK
 
@@ -259,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --checkpoint-dir, also keep the weights of the last N epochs")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-calibrate", action="store_true", help="skip temperature/operating points/evaluation")
+    p.add_argument("--no-guard", action="store_true",
+                   help="skip fitting the out-of-distribution guard and the film-type check (fit-guard does it later)")
+    film_types_opt(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="fit temperature and operating points; evaluate every split")
@@ -284,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=1, help="augmented copies of each film added when fitting")
     p.add_argument("--max-train", type=int, help="fit on at most this many training films")
     p.add_argument("--max-eval", type=int, help="measure false rejections on at most this many films per split")
-    p.add_argument("--no-negatives", action="store_true", help="skip measuring the built-in non-chest images")
+    p.add_argument("--no-negatives", action="store_true", help="skip the built-in non-chest images")
+    film_types_opt(p)
     p.set_defaults(func=cmd_fit_guard)
     p = sub.add_parser("cam-eval", help="score Grad-CAM layers and methods by faithfulness (ROAD); pick one")
     model_opts(p)

@@ -630,7 +630,7 @@ def _outcome(exc: BaseException) -> tuple[str, str, int]:
 def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> str:
     from .data import discover_splits
     from .train import TrainConfig, _device_name, fit, pick_device
-    from .ood import fit_guard
+    from .ood import fit_guard, film_types_folder
     from .validation import calibrate_model
 
     cfg_over = dict(spec["config"])
@@ -672,9 +672,11 @@ def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _Ca
     _log("calibrating and evaluating the new model")
     n_boot = int(spec.get("bootstrap", 1000))
     card = switch.run(calibrate_model, model_dir, data, n_boot=n_boot, log=_log, device=device)
-    _log("fitting the out-of-distribution guard")         # a new version screens its inputs like the shipped one
-    save(phase="fitting the out-of-distribution guard")
-    switch.run(fit_guard, model_dir, data, log=_log)
+    # a new version screens its inputs like the shipped one: the guard, and the film-type check when the
+    # film_types/ folder is found (beside the data, or $PNEUMO_FILM_TYPES); else its card says it has none
+    _log("fitting the out-of-distribution guard and the film-type check")
+    save(phase="fitting the out-of-distribution guard and the film-type check")
+    switch.run(fit_guard, model_dir, data, film_types=film_types_folder(Path(spec["data_dir"])), log=_log)
     compare = base if base["kind"] == "active" else base.get("compare_with")
     comparison = switch.run(_compare, model_dir, card, data, compare, n_boot, device)
     atomic_write_json(model_dir / "comparison.json", comparison)

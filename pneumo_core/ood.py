@@ -309,6 +309,7 @@ def fit(train: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray], *, false
 def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: float = 0.005,
               copies: int = 1, max_train: int | None = None, max_eval: int | None = None,
               negatives: bool = True, seed: int = 0, workers: int = 2,
+              film_types: str | Path | None = None,
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Fit the guard of a model folder on its training data; write ood.safetensors and card['ood'].
 
@@ -318,7 +319,14 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
     the guard, through the same decoding as ``predict``) is run on test/ and external/ (at most
     ``max_eval`` films each) and on the built-in negatives, and the rates are recorded. The weights
     file is not touched. Returns card['ood'].
+
+    With ``film_types`` (a folder of other films, ``filmtype.read_film_types``; by default
+    ``film_types_folder(data_dir)``), the film-type check is fitted too (``film_type.safetensors``,
+    card['film_type']) before the rates are measured, so they are those of the whole check; without
+    one, card['film_type'] says the version has none.
     """
+    from . import filmtype
+
     from .data import discover_splits, list_labelled, load_images
     from .predict import Predictor
 
@@ -359,6 +367,16 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
     rates: dict[str, Any] = {"val": _rate(val_scores[:len(val)] > 1.0),
                              "val_augmented": _rate(val_scores[len(val):] > 1.0)}
     predictor.guard = guard
+    film_types = film_types if film_types is not None else film_types_folder(data_dir)
+    if film_types is not None and Path(film_types).is_dir():
+        check, ft_info = filmtype.fit_from_folders(predictor, guard, train, train_reps, val_reps, film_types,
+                                                   seed=seed, builtin=negatives, log=log)
+        predictor.film_types = check
+    else:
+        check, ft_info = None, {"fitted": False,
+                                "why": "no film_types/ folder was given to fitting: this version cannot tell adult, "
+                                       "lateral or other films from the children's frontal films it was validated "
+                                       "on; only the out-of-distribution guard screens uploads"}
     for split in ("test", "external"):
         if split in splits:
             log(f"false rejections on {split}/ (the whole check, as predict runs it)")
@@ -384,11 +402,32 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
         "weights_sha256": (predictor.card.get("weights") or {}).get("sha256"),
     }
     info["sha256"] = save_guard(guard, model_dir)
-    card = read_card(model_dir)      # re-read: keep anything written meanwhile, change only 'ood'
+    if check is not None:
+        ft_info.update(file=filmtype.FILM_TYPE_FILE, sha256=filmtype.save_check(check, model_dir),
+                       weights_sha256=info["weights_sha256"])
+    elif (model_dir / filmtype.FILM_TYPE_FILE).exists():
+        (model_dir / filmtype.FILM_TYPE_FILE).unlink()
+    card = read_card(model_dir)      # re-read: keep anything written meanwhile, change only 'ood' and 'film_type'
     card["ood"] = info
+    card["film_type"] = ft_info
     atomic_write_json(model_dir / CARD_FILE, card)
     log(f"guard written: {OOD_FILE} (sha256 {info['sha256'][:12]}...)")
     return info
+
+
+FILM_TYPES_ENV = "PNEUMO_FILM_TYPES"
+
+
+def film_types_folder(data_dir: str | Path) -> Path | None:
+    """Where the film-type check's fitting films are: $PNEUMO_FILM_TYPES, else a ``film_types/`` folder beside
+    the data folder (as in shared/data), else None."""
+    import os
+
+    env = os.environ.get(FILM_TYPES_ENV)
+    if env:
+        return Path(env)
+    beside = Path(data_dir).resolve().parent / "film_types"
+    return beside if beside.is_dir() else None
 
 
 def _rate(refused: np.ndarray) -> dict[str, Any]:
@@ -411,13 +450,19 @@ def false_rejection_on(predictor: "Predictor", files: Sequence[Path], *, batch_s
             return None
 
     refused: list[bool] = []
+    kinds: list[str | None] = []
     unreadable = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i in range(0, len(files), batch_size):
             images = [im for im in pool.map(read, files[i:i + batch_size]) if im is not None]
             unreadable += min(batch_size, len(files) - i) - len(images)
-            refused += [r is not None for r in predictor.check_many(images)]
-    return {**_rate(np.asarray(refused, bool)), "unreadable": unreadable}
+            screened = predictor.screen_many(images)
+            refused += [s.reason is not None for s in screened]
+            kinds += [s.film_type for s in screened]
+    out = {**_rate(np.asarray(refused, bool)), "unreadable": unreadable}
+    if any(kinds):
+        out["film_types"] = {k: kinds.count(k) for k in dict.fromkeys(kinds) if k}
+    return out
 
 
 def negative_rejection(predictor: "Predictor") -> dict[str, Any]:

@@ -129,14 +129,18 @@ def test_explain_writes_png(tiny_model_dir, files, tmp_path, capsys):
     assert "text" in capsys.readouterr().err.lower()
 
 
-def test_train_cli_end_to_end(synthetic_data, tmp_path, capsys):
+def test_train_cli_end_to_end(synthetic_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PNEUMO_FILM_TYPES", raising=False)
     out = tmp_path / "new"
     rc = main(["train", "--data", str(synthetic_data), "--out", str(out), "--init", "scratch", "--epochs", "1",
                "--image-size", "32", "--max-images", "8", "--device", "cpu", "--bootstrap", "20"])
     assert rc == 0
     card = json.loads((out / "card.json").read_text())
     assert "balanced" in card["operating_points"] and card["metrics"]["external"]
-    assert "epoch 1/1" in capsys.readouterr().out
+    # fitting the guard is part of training; without film_types/ the version says it has no film-type check
+    assert card["ood"]["threshold"] > 0 and card["film_type"]["fitted"] is False
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" in printed and "film-type check: none" in printed
 
 
 def test_train_cli_imagenet_without_cache_is_a_clear_failure(synthetic_data, tmp_path, monkeypatch, capsys):
