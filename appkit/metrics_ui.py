@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from . import charts
-from .text import SPLIT_ORDER, fmt_ci, guard_summary, op_label, split_description
+from .text import SPLIT_ORDER, film_type_rows, film_type_summary, fmt_ci, guard_summary, op_label, split_description
 
 HEADLINE = (("auc", "AUC"), ("pr_auc", "PR-AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
             ("precision", "PPV (precision)"), ("npv", "NPV"), ("accuracy", "Accuracy"), ("f1", "F1"),
@@ -82,9 +82,16 @@ def card_ui(card: Mapping[str, Any]) -> None:
                       f"threshold {point.get('threshold', float('nan')):.4f}; {point.get('rule', '')}; chosen on "
                       f"{point.get('chosen_on', '?')}"))
     facts.append(("Out-of-distribution guard", guard_summary(card)))
+    facts.append(("Film-type check", film_type_summary(card)))
     for split, counts in ((card.get("data") or {}).get("counts") or {}).items():
         facts.append((f"Films in {split}/", ", ".join(f"{k} {v}" for k, v in counts.items())))
     st.table(pd.DataFrame(facts, columns=["Field", "Value"]).set_index("Field"))
+    if rows := film_type_rows(card):
+        st.markdown("**Film-type check** on films of sources it was not fitted on (each source left out in turn; "
+                    "the real laterals are never fitted on):")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+            "accepted": st.column_config.NumberColumn(format="percent"),
+            "warned adult": st.column_config.NumberColumn(format="percent")})
     if (card.get("calibration") or {}).get("note"):
         st.caption(f"Calibration note: {card['calibration']['note']}")
     with st.expander("Full model card (JSON)"):

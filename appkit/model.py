@@ -17,6 +17,7 @@ import streamlit as st
 
 from pneumo_core.errors import PneumoError
 from pneumo_core.model import CARD_FILE, read_card, weight_files
+from pneumo_core.filmtype import FILM_TYPE_FILE
 from pneumo_core.ood import OOD_FILE
 from pneumo_core.predict import Predictor
 from pneumo_core.registry import active_model_dir
@@ -65,11 +66,16 @@ def load_active() -> ActiveModel:
     ood = card.get("ood")
     if isinstance(ood, dict) and ood.get("sha256"):           # a guard fitted later is picked up too
         sha += f"+ood:{ood['sha256']}"
+    film_type = card.get("film_type")
+    if isinstance(film_type, dict) and film_type.get("sha256"):   # and a film-type check
+        sha += f"+film_type:{film_type['sha256']}"
     # A file replaced or edited on disk changes its stat, so the next rerun loads it again, and that load
     # checks its sha256: a tampered file stops being served (the error shows) instead of lingering in memory.
     files = [file for file, _ in weight_files(card)]
     if isinstance(ood, dict):
         files.append(ood.get("file") or OOD_FILE)
+    if isinstance(film_type, dict) and film_type.get("fitted"):
+        files.append(film_type.get("file") or FILM_TYPE_FILE)
     stamp = "+".join(_stat(folder / str(name)) for name in files)
     return ActiveModel(folder, sha, _predictor(str(folder), f"{sha}@{stamp}"))
 

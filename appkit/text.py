@@ -81,6 +81,34 @@ def guard_summary(card: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def film_type_summary(card: Mapping[str, Any]) -> str:
+    """The film-type check in one line: whether the version has one, and its leave-one-source-out rates."""
+    info = card.get("film_type")
+    if not isinstance(info, Mapping) or not info.get("fitted"):
+        why = info.get("why") if isinstance(info, Mapping) else None
+        return "none: " + (why or "this version cannot tell adult, lateral or other films apart; only the "
+                                   "out-of-distribution guard screens uploads")
+    return ("fitted: pediatric or adult frontal chest, lateral chest, other radiograph, not a radiograph; adult films "
+            "are analysed with an 'outside validated use' warning, the others are rejected "
+            "(per-source rates below)")
+
+
+def film_type_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per evaluated source: how the check treated films of a source it was not fitted on."""
+    info = card.get("film_type")
+    if not isinstance(info, Mapping) or not info.get("fitted"):
+        return []
+    rows = []
+    for how, section in (("left out of fitting", "leave_one_source_out"), ("never fitted (licence)", "measured")):
+        for key, r in (info.get(section) or {}).items():
+            kind, _, source = str(key).partition("/")
+            if not isinstance(r, Mapping) or not r.get("n"):
+                continue
+            rows.append({"class": kind.replace("_", " "), "source": source, "films": r["n"], "evaluation": how,
+                         "accepted": r.get("accepted_rate"), "warned adult": r.get("adult_warned_rate")})
+    return rows
+
+
 def op_description(card: Mapping[str, Any], name: str, threshold: float) -> str:
     """'Balanced (threshold 0.496; max Youden J on external/)'."""
     point = (card.get("operating_points") or {}).get(name) or {}

@@ -292,3 +292,17 @@ def test_a_version_without_film_types_says_so_and_the_guard_alone_decides(tiny_m
     assert predictor.guard is not None and predictor.film_types is None
     rec = _predict(model, [write_png(tmp_path / "c.png", synthetic_film(np.random.default_rng(5), False, 64))])[0]
     assert rec["film_type"] is None and rec["status"] in ("ok", "rejected")
+
+
+def test_metrics_page_text_says_whether_a_version_has_the_check(typed_model):
+    from appkit.text import film_type_rows, film_type_summary
+
+    card = read_card(typed_model[0])
+    rows = film_type_rows(card)
+    assert film_type_summary(card).startswith("fitted")
+    assert {r["evaluation"] for r in rows} == {"left out of fitting", "never fitted (licence)"}
+    lateral = next(r for r in rows if r["class"] == "lateral" and r["source"] == "lateral_chest")
+    assert lateral["films"] == 16 and 0 <= lateral["accepted"] <= 1
+    none = {"film_type": {"fitted": False, "why": "no film_types/ folder was given"}}
+    assert film_type_summary(none) == "none: no film_types/ folder was given" and film_type_rows(none) == []
+    assert film_type_summary({}).startswith("none: this version cannot tell")
