@@ -65,7 +65,7 @@ ADULT_AGE = 18.0                 # DICOM PatientAge at or above this makes a fro
 # other hospitals' adult films sit just above the children's guard, other radiographs far above it.
 SURE_FRONTAL = 0.9
 # frontal_min is the val quantile that rejects ``pediatric_rejection`` of children's films, but at most this
-FRONTAL_MIN_CAP = 0.9
+FRONTAL_MIN_CAP = 0.5
 PCA_DIMS = 64
 ADULT_DIMS = 16
 FEATURES = ("pooled", LAYOUT)

@@ -78,3 +78,33 @@ def test_shipped_gradcam_map_is_at_least_8x8_and_its_faithfulness_is_recorded(sh
     exp = explain(Predictor.from_dir(shipped), read_xray(next((EXTERNAL / "PNEUMONIA").iterdir())))
     assert min(exp.raw.shape) >= 8 and exp.method == card["explain"]["method"]
     assert list(exp.raw.shape) == card["explain"]["grid"]
+
+
+FILM_TYPES = ROOT.parent / "shared" / "data" / "film_types"
+
+
+def test_shipped_version_has_its_film_type_check_and_its_card_reports_it(shipped):
+    from pneumo_core.filmtype import CLASSES
+
+    card = json.loads((shipped / "card.json").read_text())
+    info = card["film_type"]
+    assert info["fitted"] and info["weights_sha256"] == card["weights"]["sha256"]
+    assert Predictor.from_dir(shipped).film_types is not None            # sha256 checked on load
+    loso = info["leave_one_source_out"]
+    assert {k.split("/")[0] for k in loso} >= {"adult_frontal", "other_radiograph", "not_radiograph"}
+    assert all(set(r["as"]) <= set(CLASSES) for r in loso.values())
+    assert all("lateral" not in k for k in info["fitted_on"] if not k.startswith("lateral/one-sided"))
+
+
+@pytest.mark.skipif(not FILM_TYPES.is_dir(), reason=f"no film_types/ at {FILM_TYPES}")
+def test_shipped_check_warns_on_an_adult_film_and_rejects_other_body_parts(shipped):
+    """In-sample films (the check was fitted on these folders): this checks the shipped files and the
+    record contract, not generalisation (docs/model.md has the left-out rates)."""
+    files = [sorted((FILM_TYPES / d).glob("*.png"))[0] for d in ("frontal_chest_adult", "other_radiograph",
+                                                                 "other_modality")]
+    recs = list(predict_files(Predictor.from_dir(shipped), files))
+    adult, other, us = recs
+    assert adult.status == "ok" and adult.film_type == "adult_frontal" and adult.outside_validated_use
+    assert any("adult" in w and "children aged 1–5" in w for w in adult.warnings)
+    assert other.status == "rejected" and other.film_type == "other_radiograph" and "looks like" in other.message
+    assert us.status == "rejected" and us.film_type == "not_radiograph"
