@@ -56,7 +56,10 @@ class Film:
     def _typed(self, pred: Prediction) -> Prediction:
         """The prediction with the warning its film type carries (an adult film), as ``screen_many`` gives it."""
         extra = tuple(w for w in film_warnings(self.film_type) if w not in pred.warnings)
-        return replace(pred, warnings=extra + pred.warnings) if extra else pred
+        if not extra:
+            return pred
+        kept = tuple(w for w in pred.warnings if not w.startswith("Patient older than"))   # the adult warning says it
+        return replace(pred, warnings=extra + kept)
 
     def explanation(self, predictor: Predictor, method: str, operating_point: str) -> Explanation:
         """Grad-CAM, computed once per method; its forward pass also gives the prediction."""

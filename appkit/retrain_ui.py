@@ -363,6 +363,11 @@ def _guard_notice(version: str) -> None:
         st.warning(f"{version} has no out-of-distribution guard yet (the active model has one): until "
                    f"`python -m pneumo_core fit-guard --model weights/{version} --data DIR` is run, only the "
                    f"model-free checks screen its input films.", icon=":material/shield:")
+    elif (active.get("film_type") or {}).get("fitted") and not (new.get("film_type") or {}).get("fitted"):
+        st.warning(f"{version} has no film-type check (the active model has one): it cannot tell adult, lateral "
+                   "or other films from the children's frontal films it was validated on, so adult films would get "
+                   f"a plain result. Run `python -m pneumo_core fit-guard --model weights/{version} --data DIR "
+                   "--film-types DIR` before promoting it.", icon=":material/shield:")
 
 
 # --------------------------------------------------------------------------- versions

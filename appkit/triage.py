@@ -64,7 +64,9 @@ def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str
         else:
             for (up, image, thumb), s in zip(pending, screened):
                 rec = screened_record(up.name, image, s, name, thr, predictor.version)
-                rows.append(TriageRow(rec, rec.status == "ok" and rec.probability >= flag_thr, up.sha, thumb))
+                # only a validated result is flagged: an adult film's number is not one to triage on
+                rows.append(TriageRow(rec, rec.status == "ok" and not rec.outside_validated_use
+                                      and rec.probability >= flag_thr, up.sha, thumb))
         pending.clear()
 
     for i, up in enumerate(uploads):

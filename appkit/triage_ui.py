@@ -47,7 +47,7 @@ def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
                         f"threshold ({flag_thr:.3f}).")
     cols[2].metric("Outside validated use", sum(r.outside for r in rows),
                    help="Analysed, but not a film of the population the model was validated on (e.g. an adult "
-                        "film). Listed after the validated films, tinted amber; their flags are not counted.")
+                        "film). Listed after the validated films, tinted amber; never flagged.")
     cols[3].metric("Rejected", counts["rejected"], help="Readable, but not a chest film the model can assess.")
     cols[4].metric("Unreadable", counts["error"])
 

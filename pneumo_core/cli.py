@@ -73,8 +73,8 @@ def _audit_fields(rec) -> dict:
     """An audit event for a record: the file's sha256 (never its name), result, probability, operating point."""
     return {"input_sha256": file_sha256(rec.file), "result": rec.label or rec.status, "probability": rec.probability,
             "operating_point": rec.operating_point, "threshold": rec.threshold, "model_version": rec.model_version,
-            "detail": "analysed anyway, outside validated use" if rec.status == "ok" and any(
-                w.startswith("Outside validated use") for w in rec.warnings) else None}
+            "detail": (f"outside validated use ({rec.film_type or 'analysed anyway'})"
+                       if rec.status == "ok" and rec.outside_validated_use else None)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -105,6 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, fit
     from .validation import calibrate_model
 
+    if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
+        _err(f"--film-types: {args.film_types} is not a folder.")
+        return EXIT_USAGE
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
         "seed": args.seed, "device": args.device, "augment": args.augment, "mixup_alpha": args.mixup,
@@ -146,22 +149,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import encode_png, explain, overlay
     from .io import read_xray
     from .model import atomic_write_bytes
+    from .predict import film_warnings
 
     predictor = _predictor(args.model)
     image = read_xray(args.file, name=Path(args.file).name)
-    reason = predictor.check(image)
+    screened = predictor.screen(image)
+    reason = screened.reason
     if reason and not args.analyse_anyway:
         _err(f"Not analysed: {reason} (use --analyse-anyway to override).")
         return EXIT_FAIL
     exp = explain(predictor, image, method=args.method, operating_point=args.operating_point)
     atomic_write_bytes(Path(args.out), encode_png(overlay(image.pixels, exp.normalised, alpha=args.alpha)))
     p = exp.prediction
+    outside = screened.outside_validated_use
     cli_audit("explain", p.label, input_sha256=file_sha256(args.file), probability=p.probability,
               operating_point=p.operating_point, threshold=p.threshold, model_version=p.model_version,
-              detail="analysed anyway, outside validated use" if reason else None)
+              detail=("analysed anyway, outside validated use" if reason else
+                      f"outside validated use ({screened.film_type})" if outside else None))
+    warnings = film_warnings(screened.film_type) + tuple(w for w in p.warnings if w not in film_warnings(screened.film_type))
     print(json.dumps({"file": args.file, "probability": p.probability, "label": p.label, "threshold": p.threshold,
                       "operating_point": p.operating_point, "model_version": p.model_version,
-                      "method": exp.method, "target": exp.target, "out": args.out}))
+                      "method": exp.method, "target": exp.target, "out": args.out, "film_type": screened.film_type,
+                      "outside_validated_use": bool(outside),
+                      "message": ("Outside validated use: " + outside) if outside else "",
+                      "warnings": list(warnings)}))
     return EXIT_OK
 
 
@@ -179,6 +190,9 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
 
     if not 0 < args.false_rejection < 0.5:
         _err("--false-rejection must be between 0 and 0.5.")
+        return EXIT_USAGE
+    if args.film_types is not None and not args.film_types.is_dir():
+        _err(f"--film-types: {args.film_types} is not a folder; nothing was changed.")
         return EXIT_USAGE
     try:
         discover_splits(args.data)

@@ -50,11 +50,11 @@ CLASSES = ("pediatric_frontal", "adult_frontal", "lateral", "other_radiograph", 
 PEDIATRIC, ADULT, LATERAL, OTHER_RADIOGRAPH, NOT_RADIOGRAPH = CLASSES
 FRONTAL = (PEDIATRIC, ADULT)
 LOOKS_LIKE = {
-    PEDIATRIC: "a pediatric frontal chest film",
-    ADULT: "an adult frontal chest film",
-    LATERAL: "a lateral chest film (or a film showing one side of the chest)",
-    OTHER_RADIOGRAPH: "a radiograph of another body part",
-    NOT_RADIOGRAPH: "not a radiograph (a photo, document, another modality or noise)",
+    PEDIATRIC: "looks like a pediatric frontal chest film",
+    ADULT: "looks like an adult frontal chest film",
+    LATERAL: "looks like a lateral chest film (or a film showing one side of the chest)",
+    OTHER_RADIOGRAPH: "looks like a radiograph of another body part",
+    NOT_RADIOGRAPH: "does not look like a radiograph (a photo, document, another modality or noise)",
 }
 VALIDATED_AGES = "children aged 1–5"
 ADULT_WARNING = (f"Adult chest film: the model was validated on {VALIDATED_AGES} (Kermany et al. 2018), "
@@ -133,18 +133,21 @@ class FilmTypeCheck:
         inside = (np.isfinite(ped) and ped <= 1.0) or (np.isfinite(adult) and adult <= 1.0) \
             or (np.isfinite(ped) and ped <= self.chest_max and frontal >= SURE_FRONTAL)
         if not inside or frontal < self.frontal_min:
-            kind = CLASSES[2 + int(np.argmax(p[2:]))]
-            why = (f"film-type check: P(frontal chest) {frontal:.2f}" if inside else
-                   f"out-of-distribution score {_shown(ped)} for children's films, {_shown(adult)} for adults'; "
-                   "above 1.0 is refused")
-            return Verdict(kind, f"The image looks like {LOOKS_LIKE[kind]}, not a frontal chest radiograph "
-                                 f"({why}).", frontal=frontal)
+            kind = CLASSES[2 + int(np.argmax(p[2:]))]        # the likeliest of the non-frontal types
+            scores = (f"out-of-distribution score {_shown(ped)} for children's films, {_shown(adult)} for adults'; "
+                      "above 1.0 is refused")
+            if frontal >= self.frontal_min:                   # frontal-looking, but unlike every frontal film known
+                return Verdict(kind, "The image is unlike the frontal chest films the model and its checks know, "
+                                     f"though it may be one ({scores}).", frontal=frontal)
+            why = f"film-type check: P(frontal chest) {frontal:.2f}" + ("" if inside else f"; {scores}")
+            said = LOOKS_LIKE[kind] + ("" if kind == NOT_RADIOGRAPH else ", not a frontal chest radiograph")
+            return Verdict(kind, f"The image {said} ({why}).", frontal=frontal)
         body = str(meta.get("body_part") or "").upper()
-        if body and not any(w in body for w in CHEST_WORDS) and min(ped, adult) > moderate:
+        if body and not any(w in body for w in CHEST_WORDS) and not (ped <= moderate) and not (adult <= 1.0):
             return Verdict(OTHER_RADIOGRAPH, f"DICOM body part {body} and an unusual image for a chest film: "
                                              "not a chest radiograph.", frontal=frontal)
         age = meta.get("patient_age_years")
-        is_adult = (p[1] / max(frontal, 1e-12) > self.adult_min or ped > self.typical_max
+        is_adult = (p[1] / max(frontal, 1e-12) > self.adult_min or not (ped <= self.typical_max)
                     or (isinstance(age, (int, float)) and age >= ADULT_AGE))
         if is_adult:
             return Verdict(ADULT, caution=ADULT_CAUTION, frontal=frontal)

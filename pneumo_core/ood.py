@@ -331,6 +331,9 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
     from .predict import Predictor
 
     model_dir = Path(model_dir)
+    film_types = film_types if film_types is not None else film_types_folder(data_dir)
+    if film_types is not None and not Path(film_types).is_dir():   # named but absent: never drop the check silently
+        raise FileNotFoundError(f"The film-types folder {Path(film_types).name}/ was not found; nothing was changed.")
     predictor = Predictor.from_dir(model_dir, guard=False)      # an old or stale guard is being replaced
     spec = predictor.card["input"]
     splits = discover_splits(data_dir)
@@ -367,8 +370,7 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
     rates: dict[str, Any] = {"val": _rate(val_scores[:len(val)] > 1.0),
                              "val_augmented": _rate(val_scores[len(val):] > 1.0)}
     predictor.guard = guard
-    film_types = film_types if film_types is not None else film_types_folder(data_dir)
-    if film_types is not None and Path(film_types).is_dir():
+    if film_types is not None:
         check, ft_info = filmtype.fit_from_folders(predictor, guard, train, train_reps, val_reps, film_types,
                                                    seed=seed, builtin=negatives, log=log)
         predictor.film_types = check
@@ -416,18 +418,22 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
 
 
 FILM_TYPES_ENV = "PNEUMO_FILM_TYPES"
+SHARED_FILM_TYPES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "film_types"
 
 
 def film_types_folder(data_dir: str | Path) -> Path | None:
-    """Where the film-type check's fitting films are: $PNEUMO_FILM_TYPES, else a ``film_types/`` folder beside
-    the data folder (as in shared/data), else None."""
+    """Where the film-type check's fitting films are: $PNEUMO_FILM_TYPES (empty: none), else a ``film_types/`` folder beside
+    the data folder (as in shared/data), else the shared one beside this checkout (a retraining job's
+    uploaded data has none beside it), else None."""
     import os
 
     env = os.environ.get(FILM_TYPES_ENV)
-    if env:
-        return Path(env)
-    beside = Path(data_dir).resolve().parent / "film_types"
-    return beside if beside.is_dir() else None
+    if env is not None:                               # set but empty: no film-type folder (tests, a choice)
+        return Path(env) if env else None
+    for candidate in (Path(data_dir).resolve().parent / "film_types", SHARED_FILM_TYPES):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def _rate(refused: np.ndarray) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from .evaluate import sigmoid
 from .guard import LATERAL_VIEWS, model_free_reason
 from .io import XrayImage, read_xray
 from .model import LABELS, LoadedModel, load_model
-from .filmtype import ADULT, ADULT_WARNING, FilmTypeCheck, load_check, model_free_kind
+from .filmtype import ADULT, ADULT_WARNING, PEDIATRIC, FilmTypeCheck, load_check, model_free_kind
 from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
 from .preprocess import to_batch
 
@@ -166,7 +166,7 @@ class Predictor:
                 p, im = float(probs[j]), images[i]
                 if verdicts is not None and reasons[i] is None:
                     v = verdicts[j]
-                    reasons[i], kinds[i], cautions[i] = v.reason, v.kind, v.caution
+                    reasons[i], kinds[i], cautions[i] = v.reason, v.kind, v.caution or age_caution(im, v.kind)
                 elif verdicts is not None:
                     kinds[i] = kinds[i] or verdicts[j].kind
                 elif reasons[i] is None and scores is not None:
@@ -204,6 +204,14 @@ class Predictor:
         p = float(sigmoid(np.asarray(logit / self.temperature)))
         return Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
                           tuple(image.warnings) + clinical_warnings(image, p, thr, self.temperature))
+
+
+def age_caution(image: XrayImage, kind: str | None) -> str | None:
+    """A child's film from outside the validated ages (DICOM PatientAge over 5 years): outside validated use too."""
+    age = image.metadata.get("patient_age_years")
+    if kind == PEDIATRIC and isinstance(age, (int, float)) and age > PEDIATRIC_MAX_AGE:
+        return (f"The patient is {age:g} years old; the model was validated on children aged 1–5 only.")
+    return None
 
 
 def film_warnings(kind: str | None) -> tuple[str, ...]:

@@ -130,7 +130,6 @@ def test_explain_writes_png(tiny_model_dir, files, tmp_path, capsys):
 
 
 def test_train_cli_end_to_end(synthetic_data, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("PNEUMO_FILM_TYPES", raising=False)
     out = tmp_path / "new"
     rc = main(["train", "--data", str(synthetic_data), "--out", str(out), "--init", "scratch", "--epochs", "1",
                "--image-size", "32", "--max-images", "8", "--device", "cpu", "--bootstrap", "20"])

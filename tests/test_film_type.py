@@ -12,6 +12,7 @@ Two levels, both CPU and seconds:
 from __future__ import annotations
 
 import contextlib
+import re
 import io
 import json
 import shutil
@@ -276,12 +277,28 @@ def test_cli_predict_gives_each_film_type_its_status_and_warning(typed_model, tm
     assert any("adult" in w and "children aged 1–5" in w for w in adult["warnings"])
     for k, kind in (("knee", "other_radiograph"), ("us", "not_radiograph")):
         assert recs[k]["status"] == "rejected" and recs[k]["probability"] is None
-        assert recs[k]["film_type"] == kind and "looks like" in recs[k]["message"]
+        assert recs[k]["film_type"] == kind and re.search(r"looks? like", recs[k]["message"])
+
+
+def test_cli_dicom_tags_lateral_view_and_adult_age_through_the_check(typed_model, tmp_path):
+    from conftest_io_helpers import make_dicom
+
+    model, _ = typed_model
+    child = (synthetic_film(np.random.default_rng(3), False, 64) * 4095).astype(np.uint16)
+    lateral = tmp_path / "lat.dcm"
+    lateral.write_bytes(make_dicom(child, "MONOCHROME2", 12, ViewPosition="LL"))
+    grown = tmp_path / "age.dcm"                       # a child-looking frontal film whose header says 45 years
+    grown.write_bytes(make_dicom(child, "MONOCHROME2", 12, ViewPosition="PA", PatientAge="045Y"))
+    lat, age = _predict(model, [lateral, grown])
+    assert lat["status"] == "rejected" and lat["film_type"] == "lateral" and "Lateral view" in lat["message"]
+    if age["status"] == "ok":                          # the guard may refuse a re-encoded synthetic film
+        assert age["film_type"] == "adult_frontal" and any("adult" in w for w in age["warnings"])
+        assert not any("older than the pediatric" in w for w in age["warnings"])     # one age warning, not two
 
 
 def test_a_version_without_film_types_says_so_and_the_guard_alone_decides(tiny_model_dir, synthetic_data,
                                                                          tmp_path, monkeypatch):
-    monkeypatch.delenv("PNEUMO_FILM_TYPES", raising=False)
+    monkeypatch.setenv("PNEUMO_FILM_TYPES", "")
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -306,3 +323,70 @@ def test_metrics_page_text_says_whether_a_version_has_the_check(typed_model):
     none = {"film_type": {"fitted": False, "why": "no film_types/ folder was given"}}
     assert film_type_summary(none) == "none: no film_types/ folder was given" and film_type_rows(none) == []
     assert film_type_summary({}).startswith("none: this version cannot tell")
+
+
+def test_leave_one_source_out_never_fits_on_the_held_out_source_or_its_crops(fitted, centres, monkeypatch):
+    _, sets, val = fitted
+    crops = ft.Labelled(ft.LATERAL, "crops of hospital A", sets[1].reps, sets[1].groups, derived_from="hospital A")
+    seen: list[set] = []
+    real_fit = ft.fit
+    monkeypatch.setattr(ft, "fit", lambda s, *a, **k: (seen.append({(x.kind, x.source) for x in s}),
+                                                       real_fit(s, *a, **k))[1])
+    scores = {f"{s.kind}/{s.source}": np.full(len(s), 0.5) for s in [*sets, crops]}
+    ft.leave_one_source_out([*sets, crops], val, scores, only=[ft.ADULT])
+    assert len(seen) == 2
+    assert (ft.ADULT, "hospital A") not in seen[0] and (ft.LATERAL, "crops of hospital A") not in seen[0]
+    assert (ft.ADULT, "hospital B") in seen[0]
+    assert (ft.ADULT, "hospital B") not in seen[1] and (ft.LATERAL, "crops of hospital A") in seen[1]
+
+
+def test_chest_max_and_typical_max_follow_their_rules(centres):
+    rng = np.random.default_rng(8)
+    sets = _sets(centres, rng)
+    val = _cluster(rng, centres[ft.PEDIATRIC], 400)
+    guard = {f"{s.kind}/{s.source}": rng.uniform(*( (0.8, 1.2) if s.kind == ft.ADULT else (1.1, 3.0)), len(s))
+             for s in sets}
+    val_scores = rng.uniform(0.3, 0.9, 400)
+    check = ft.fit(sets, val, guard_scores=guard, val_scores=val_scores)
+    adults = np.concatenate([guard[k] for k in guard if k.startswith(ft.ADULT)])
+    others = np.concatenate([guard[k] for k in guard if k.startswith((ft.OTHER_RADIOGRAPH, ft.NOT_RADIOGRAPH))])
+    assert check.chest_max == pytest.approx(max(1.0, min(np.quantile(adults, 0.98), np.quantile(others, 0.05))))
+    assert check.typical_max == pytest.approx(np.quantile(val_scores, 1 - 0.025))
+    child = _cluster(rng, centres[ft.PEDIATRIC], 1)
+    # a film the classifier is sure is frontal, just above the children's guard: kept, and named adult
+    [v] = _judge(check, child, ped_score=min(check.chest_max, 1.05))
+    assert v.reason is None and v.kind == ft.ADULT
+    [v] = _judge(check, {k: a + 30.0 for k, a in child.items()}, ped_score=check.chest_max + 0.5)
+    assert v.reason is not None                                          # beyond chest_max and the adults: refused
+    [v] = _judge(check, child, ped_score=check.typical_max * 0.9)
+    assert v.kind == ft.PEDIATRIC
+    [v] = _judge(check, child, ped_score=float("nan"))                   # a missing score is never 'typical'
+    assert v.kind != ft.PEDIATRIC
+
+
+def test_fit_guard_refuses_a_film_types_folder_that_is_not_there(typed_model, synthetic_data, tmp_path):
+    model, _ = typed_model
+    before = (model / ft.FILM_TYPE_FILE).read_bytes()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["fit-guard", "--model", str(model), "--data", str(synthetic_data), "--film-types",
+                   str(tmp_path / "typo")])
+    assert rc == 2 and "not a folder" in err.getvalue()
+    assert (model / ft.FILM_TYPE_FILE).read_bytes() == before          # the existing check is kept
+
+
+def test_a_child_film_over_the_validated_ages_is_cautioned(typed_model, tmp_path):
+    from conftest_io_helpers import make_dicom
+
+    model, _ = typed_model
+    child = (synthetic_film(np.random.default_rng(3), False, 64) * 4095).astype(np.uint16)
+    paths = []
+    for age in ("003Y", "009Y"):
+        paths.append(tmp_path / f"{age}.dcm")
+        paths[-1].write_bytes(make_dicom(child, "MONOCHROME2", 12, ViewPosition="PA", PatientAge=age))
+    young, older = _predict(model, paths)
+    if young["status"] == older["status"] == "ok" and young["film_type"] == older["film_type"] == ft.PEDIATRIC:
+        assert not young["outside_validated_use"]
+        assert older["outside_validated_use"] and "9 years old" in older["message"]
+    else:                                  # the tiny model's guard may refuse a re-encoded synthetic film
+        pytest.skip(f"the synthetic DICOM was judged {young['film_type']}/{older['film_type']}")
