@@ -31,7 +31,6 @@ records ``{"fitted": false, "why": ...}``; without a fitted check, only the guar
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 from .errors import ModelLoadError
 from .guard import LATERAL_VIEWS
 from .model import atomic_write_bytes, read_card, sha256_file
-from .ood import LAYOUT, Gaussian
+from .ood import LAYOUT, Gaussian, read_fitted_file
 
 FILM_TYPE_FILE = "film_type.safetensors"
 CLASSES = ("pediatric_frontal", "adult_frontal", "lateral", "other_radiograph", "not_radiograph")
@@ -207,18 +206,7 @@ def load_check(model_dir: str | Path, card: Mapping[str, Any] | None = None) -> 
     if not isinstance(info, Mapping) or not info.get("fitted"):
         return None
     version = card.get("version", model_dir.name)
-    path = model_dir / str(info.get("file", FILM_TYPE_FILE))
-    if path.parent != model_dir or not path.is_file():
-        raise ModelLoadError(f"The model card of {version} names a film-type check ({path.name}) that is missing. "
-                             "Refusing to run without it.")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-        raise ModelLoadError(f"The film-type check of model {version} does not match its card (sha256 differs): "
-                             "the file was changed or truncated. Refusing to use it.")
-    weights_sha = (card.get("weights") or {}).get("sha256")
-    if info.get("weights_sha256") and weights_sha and info["weights_sha256"] != weights_sha:
-        raise ModelLoadError(f"The film-type check of model {version} was fitted for other weights; "
-                             "refit it (python -m pneumo_core fit-guard).")
+    data = read_fitted_file(model_dir, card, info, FILM_TYPE_FILE, "film-type check")
     try:
         t = load(data)
         arr = {k: t[k].numpy().astype(np.float64) for k in

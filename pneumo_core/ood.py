@@ -208,6 +208,27 @@ class Guard:
         return None
 
 
+def read_fitted_file(model_dir: Path, card: Mapping[str, Any], info: Mapping[str, Any], default_file: str,
+                     what: str) -> bytes:
+    """The bytes of a file fitted beside the weights (the guard, the film-type check) that its card section
+    ``info`` names. Refused (ModelLoadError) when missing, not matching the card's sha256, or fitted for other
+    weights."""
+    version = card.get("version", model_dir.name)
+    path = model_dir / str(info.get("file", default_file))
+    if path.parent != model_dir or not path.is_file():
+        raise ModelLoadError(f"The {what} named by the card of model {version} ({path.name}) is missing. "
+                             "Refusing to run without it.")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+        raise ModelLoadError(f"The {what} of model {version} does not match its card (sha256 differs): "
+                             "the file was changed or truncated. Refusing to use it.")
+    weights_sha = (card.get("weights") or {}).get("sha256")
+    if info.get("weights_sha256") and weights_sha and info["weights_sha256"] != weights_sha:
+        raise ModelLoadError(f"The {what} of model {version} was fitted for other weights; "
+                             "refit it (python -m pneumo_core fit-guard).")
+    return data
+
+
 def guard_tensors(guard: Guard) -> dict[str, torch.Tensor]:
     return {k: v for name, g in guard.gaussians.items() for k, v in g.tensors(name).items()}
 
@@ -244,18 +265,7 @@ def load_guard(model_dir: str | Path, card: Mapping[str, Any] | None = None) -> 
     version = card.get("version", model_dir.name)
     if not isinstance(info, Mapping):
         raise ModelLoadError(f"The OOD guard entry in the card of model {version} is unreadable.")
-    path = model_dir / str(info.get("file", OOD_FILE))
-    if path.parent != model_dir or not path.is_file():
-        raise ModelLoadError(f"The model card of {version} names an OOD guard ({path.name}) that is missing. "
-                             "Refusing to run without it.")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-        raise ModelLoadError(f"The OOD guard of model {version} does not match its card (sha256 differs): "
-                             "the file was changed or truncated. Refusing to use it.")
-    weights_sha = (card.get("weights") or {}).get("sha256")
-    if info.get("weights_sha256") and weights_sha and info["weights_sha256"] != weights_sha:
-        raise ModelLoadError(f"The OOD guard of model {version} was fitted for other weights; "
-                             "refit it (python -m pneumo_core fit-guard).")
+    data = read_fitted_file(model_dir, card, info, OOD_FILE, "OOD guard")
     try:
         t = load(data)
         parts = list(info["parts"])
