@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePath
 from typing import Sequence
 
@@ -92,7 +93,7 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
     with st.container(border=True):
         st.markdown(f"##### {_escape(film.name)}")
         if film.error:
-            st.error(f"**This file could not be read.** {film.error}", icon=":material/block:")
+            st.error(f"**This file could not be read.** {_escape(film.error)}", icon=":material/block:")
             audit_once(("predict", film.sha, "error"), "predict", "error", input_sha256=film.sha,
                        model_version=model.version)
             return
@@ -158,7 +159,7 @@ def result_ui(pred: Prediction, model: ActiveModel, outside: str | None) -> None
 
 def warnings_ui(warnings: Sequence[str]) -> None:
     if warnings:
-        st.warning("\n".join(f"- {w}" for w in warnings), icon=":material/warning:")
+        st.warning("\n".join(f"- {_escape(w)}" for w in warnings), icon=":material/warning:")
 
 
 def metadata_ui(film: Film) -> None:
@@ -187,6 +188,14 @@ def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveMo
                           on_click="ignore", key=f"dl_pdf_{key}", icon=":material/picture_as_pdf:")
 
 
+# The browser's markdown turns URLs, www. names and e-mail addresses in plain text into links after parsing
+# (GFM autolink literals), backslash escapes or not: an invisible word joiner breaks each such pattern.
+_AUTOLINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)")
+WORD_JOINER = "\u2060"
+
+
 def _escape(text: str) -> str:
-    """File names and header strings shown as text, not markdown."""
-    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~$:" else c for c in str(text))
+    """File names, header strings and decoder messages shown as text, never as markdown: every markdown
+    character backslash-escaped, and no URL, www. name or e-mail address left for the browser to link."""
+    text = _AUTOLINK.sub(WORD_JOINER, str(text))
+    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~$:" else c for c in text)

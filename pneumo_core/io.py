@@ -19,7 +19,11 @@ pixel is decoded. Every failure is an UnreadableImageError (or subclass) with a
 fixed one-line message: no metadata value, no traceback. Only ALLOWED_METADATA
 is read; DICOM strings are taken from raw element bytes (pydicom's validation
 would echo values into warnings), and pydicom's value validation is turned off
-for the same reason (the one global setting changed). No Pillow setting is changed.
+for the same reason (the one global setting changed). Coded tags (Modality, Body
+Part Examined, View Position, Photometric Interpretation) are kept only when they
+are DICOM code strings (``CODE_STRING``): anything else is dropped here, before a
+reason, a warning or a page could show it (a crafted tag could carry markdown or a
+link). No Pillow setting is changed.
 """
 
 from __future__ import annotations
@@ -107,6 +111,9 @@ _EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".
                ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".dcm": "DICOM", ".dicom": "DICOM"}
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+# A DICOM code string (VR CS): upper-case letters, digits, space and underscore, at most 16 characters.
+CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
+WARN_BAD_CODE = "The DICOM {} value is not a valid code and was ignored."
 
 
 # --------------------------------------------------------------------------- bytes in, sniffing
@@ -460,20 +467,27 @@ def decode_dicom(data: bytes) -> tuple[np.ndarray, dict, list[str]]:
         if pi == "MONOCHROME1":
             gray = 1.0 - gray
             notes.append(WARN_MONO1)
-    meta = dicom_metadata(ds, pi, bits, rows, cols, frames)
+    meta = dicom_metadata(ds, pi, bits, rows, cols, frames, notes)
     if colour is not None:
         meta["colour_fraction"] = colour
     return gray, meta, notes
 
 
-def dicom_metadata(ds: pydicom.Dataset, pi: str, bits: int, rows: int, cols: int, frames: int) -> dict:
-    """Allow-listed metadata only; names, IDs, dates, institutions are never read."""
+def dicom_metadata(ds: pydicom.Dataset, pi: str, bits: int, rows: int, cols: int, frames: int,
+                   notes: list[str] | None = None) -> dict:
+    """Allow-listed metadata only; names, IDs, dates, institutions are never read. Coded tags are kept only
+    when they are code strings (``code_string``); one that is not is dropped, with a note in ``notes``."""
     meta: dict[str, Any] = {"format": "DICOM", "transfer_syntax": ds.file_meta.TransferSyntaxUID.name,
-                            "photometric_interpretation": pi, "bits_stored": bits,
-                            "width": cols, "height": rows, "frames": frames}
-    for key, tag in (("modality", 0x00080060), ("body_part", 0x00180015), ("view_position", 0x00185101)):
-        if value := raw_text(ds, tag):
+                            "bits_stored": bits, "width": cols, "height": rows, "frames": frames}
+    coded = [("photometric_interpretation", "Photometric Interpretation", pi)]
+    coded += [(key, name, raw_text(ds, tag)) for key, name, tag in (
+        ("modality", "Modality", 0x00080060), ("body_part", "Body Part Examined", 0x00180015),
+        ("view_position", "View Position", 0x00185101))]
+    for key, name, text in coded:
+        if value := code_string(text):
             meta[key] = value
+        elif text.strip() and notes is not None:
+            notes.append(WARN_BAD_CODE.format(name))
     if (age := parse_age(raw_text(ds, 0x00101010))) is not None:
         meta["patient_age_years"] = age
     if (sex := raw_text(ds, 0x00100040).upper()) in ("M", "F", "O"):
@@ -491,6 +505,12 @@ def raw_text(ds: pydicom.Dataset, tag: int) -> str:
     except Exception:
         return ""
     return text[:64] if text.isprintable() else ""
+
+
+def code_string(text: str) -> str:
+    """``text`` (upper-cased) when it is a DICOM code string, else "": nothing else from a coded tag is kept."""
+    value = str(text or "").strip().upper()
+    return value if CODE_STRING.fullmatch(value) else ""
 
 
 def parse_age(text: str) -> float | None:

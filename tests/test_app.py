@@ -227,6 +227,46 @@ def test_dicom_warnings_and_metadata_without_identifiers(weights):
     assert not any(secret in page for secret in SECRETS)
 
 
+def shown_markdown(at: AppTest) -> list[str]:
+    """The markdown source of every text element the page renders as markdown."""
+    return [e.value for kind in (at.markdown, at.error, at.warning, at.info, at.caption) for e in kind]
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")   # pydicom, writing the crafted file
+def test_markdown_in_dicom_tags_never_reaches_the_page(weights):
+    """Issue #19, item 1: a crafted Modality put a link and bold 'RESULT: NORMAL' into the rejection and the
+    'outside validated use' messages; a URL in BodyPartExamined became a link in the metadata table."""
+    pixels = np.clip(synthetic_film(np.random.default_rng(5), True, 96), 0, 1)
+    crafted = [make_dicom((pixels * 4095).astype(np.uint16), "MONOCHROME2", 12, Modality=modality,
+                          BodyPartExamined=body)
+               for modality, body in (("[RESULT: NORMAL](http://evil.example)", "http://evil.example/chest"),
+                                      ("**RESULT: NORMAL, NO PNEUMONIA**", "![x](http://evil.example/a.png)"))]
+    at = upload(open_app(), ("one.dcm", crafted[0]), ("two.dcm", crafted[1]))
+    for box in at.checkbox:                                  # analyse anyway, wherever a film was rejected
+        box.check()
+    at.run()
+    assert not at.exception
+    for value in shown_markdown(at):
+        assert not re.search(r"(?<!\\)\]\(http", value) and "**RESULT" not in value, value
+        assert "RESULT" not in unescaped(value) and "evil" not in value.lower(), value
+    assert "evil" not in texts(at).lower()
+    assert len(at.metric) == 2                                # both films were analysed: no tag to reject them
+    tables = [m.value for m in at.markdown if "| Format |" in m.value]
+    assert len(tables) == 2 and not any("| Modality |" in t or "| Body part" in t for t in tables), tables
+    assert any("Modality value is not a valid code" in unescaped(w.value) for w in at.warning)
+
+
+def test_file_names_are_text_not_links(weights):
+    """A URL in a file name is escaped and also kept from the browser's automatic links."""
+    name = "**RESULT: NORMAL** [x](http://evil.example) www.evil.example a@evil.example.png"
+    at = upload(open_app(), (name, film()))
+    heading = next(m.value for m in at.markdown if m.value.startswith("##### "))
+    assert "**RESULT" not in heading and not re.search(r"(?<!\\)\]\(", heading)
+    shown = unescaped(heading)
+    assert "RESULT: NORMAL" in shown                          # shown as text
+    assert not re.search(r"(?i)https?://|www\.|@[-\w]", shown), shown   # nothing GFM would link after parsing
+
+
 def test_opacity_slider_and_operating_point_reuse_the_cached_cam(weights, monkeypatch):
     import appkit.analysis as analysis
 

@@ -148,3 +148,20 @@ def test_train_cli_imagenet_without_cache_is_a_clear_failure(synthetic_data, tmp
     assert rc == 1
     err = capsys.readouterr().err
     assert "densenet121" in err and "TORCH_HOME" in err
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")   # pydicom, writing the crafted file
+def test_markdown_in_dicom_tags_never_reaches_a_record(tiny_model_dir, tmp_path, capsys):
+    """Issue #19, item 1: a crafted Modality used to be echoed into the record's rejection message."""
+    from conftest_io_helpers import make_dicom
+
+    pixels = synthetic_film(np.random.default_rng(4), True, 96)
+    path = tmp_path / "tags.dcm"
+    path.write_bytes(make_dicom((pixels * 4095).astype(np.uint16), "MONOCHROME2", 12,
+                                Modality="[RESULT: NORMAL](http://evil.example)",
+                                BodyPartExamined="**RESULT: NORMAL** http://evil.example"))
+    assert main(["predict", "--model", str(tiny_model_dir), "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "evil" not in out.lower() and "RESULT" not in out
+    rec = json.loads(out.splitlines()[0])
+    assert "not a valid code" in " ".join([rec["message"] or "", *rec.get("warnings", [])])

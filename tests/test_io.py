@@ -588,3 +588,23 @@ def test_dicom_values_are_not_echoed_into_warnings_or_logs(caplog, recwarn):
     assert image.pixels.shape == (64, 64)
     text = caplog.text + " ".join(str(w.message) for w in recwarn)
     assert "1999X101" not in text and "1.2.3.." not in text and "Doe" not in text
+
+
+# Markdown, a link and an image URL where DICOM wants a short code (issue #19, item 1).
+INJECTED_TAGS = {"Modality": "[RESULT: NORMAL](http://evil.example)",
+                 "BodyPartExamined": "**RESULT: NORMAL** http://evil.example",
+                 "ViewPosition": "![x](http://evil.example/a.png)"}
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")   # pydicom, writing the crafted file
+def test_coded_dicom_tags_that_are_not_code_strings_are_dropped():
+    image = read_xray(make_dicom(F, bits_stored=12, **INJECTED_TAGS))
+    md = image.metadata
+    assert not {"modality", "body_part", "view_position"} & set(md), md
+    assert "evil" not in repr(image).lower() and "RESULT" not in repr(image)
+    assert sum("not a valid code and was ignored" in w for w in image.warnings) == 3
+    assert not any("evil" in w or "RESULT" in w for w in image.warnings)
+    # A conforming code (or one only in lower case) is kept, upper-cased; at most 16 characters.
+    md = read_xray(make_dicom(F, bits_stored=12, Modality="dx", BodyPartExamined="CHEST_LUNG 2",
+                              ViewPosition="A" * 17)).metadata
+    assert (md["modality"], md["body_part"], "view_position" in md) == ("DX", "CHEST_LUNG 2", False)
