@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from pneumo_core.csvcell import LINE_END, safe_cell
 from pneumo_core.errors import UnreadableImageError
 from pneumo_core.io import XrayImage, read_xray
 from pneumo_core.predict import MODEL_ERRORS, Predictor, Record, model_failure, screened_record
@@ -124,7 +125,9 @@ def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
 
 def worklist_csv(rows: Sequence[TriageRow]) -> bytes:
     """File name, status, probability, label, flag, warnings, model version, operating point, film type and
-    whether the result is outside validated use: no image, no patient data."""
+    whether the result is outside validated use: no image, no patient data. Text that starts like a
+    spreadsheet formula is prefixed with ``'`` (``safe_cell``)."""
     df = pd.DataFrame([{**r.record.to_json(), "flag": r.flag} for r in rows], columns=list(CSV_COLUMNS))
     df["warnings"] = [" | ".join(r.record.warnings) for r in rows]
-    return df.to_csv(index=False).encode("utf-8")
+    df = df.map(safe_cell)          # a file name such as '=HYPERLINK(...)' stays text in a spreadsheet
+    return df.to_csv(index=False, lineterminator=LINE_END).encode("utf-8")

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .csvcell import LINE_END, safe_cell
 from .errors import PneumoError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,9 +211,10 @@ def verify_chain(path: str | Path | None = None) -> tuple[int, int | None]:
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> bytes:
-    """CSV bytes (UTF-8, a header row) of ``events()`` rows."""
+    """CSV bytes (UTF-8, a header row) of ``events()`` rows; text that starts like a spreadsheet formula (an
+    account name from the identity provider, say) is prefixed with ``'`` (``safe_cell``)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore", lineterminator=LINE_END)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: safe_cell(v) for k, v in row.items()} for row in rows)
     return buf.getvalue().encode("utf-8")

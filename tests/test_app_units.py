@@ -72,6 +72,33 @@ def test_worklist_csv_has_no_images_and_no_patient_data(predictor):
     assert not any(s in text for s in SECRETS) and "004Y" not in text
 
 
+FORMULA_NAMES = ["=2+5.png", "+cmd|' /C calc'!A0.png", "@SUM(1).png", "-2+3.png", "\tx.png", "\rx.png",
+                 "=HYPERLINK(\"http://evil.example\",\"x\")", "a\r=2+5.png", "b\n@SUM(1).png"]
+
+
+def test_worklist_csv_cells_never_start_like_a_formula(predictor):
+    """Issue #19, item 4: a file name such as '=2+5.png' was written as is, and a spreadsheet would run it."""
+    blank = png(np.full((64, 64), 0.5))
+    uploads = [Upload.of(name, film(i) if i % 2 else blank) for i, name in enumerate(FORMULA_NAMES)]
+    uploads.append(Upload.of("notes.txt", b"-not an image"))
+    text = worklist_csv(triage(predictor, uploads, "balanced")).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    expected = [n if n[0] in "ab" else "'" + n for n in FORMULA_NAMES] + ["notes.txt"]
+    assert sorted(r["file"] for r in rows) == sorted(expected)        # a CR or LF inside a name stays in its cell
+    for row in rows:
+        for column, cell in row.items():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (column, cell)
+    assert any(r["probability"] for r in rows) and all(float(r["probability"]) >= 0 for r in rows if r["probability"])
+
+
+def test_safe_cell_changes_text_only():
+    from pneumo_core.csvcell import safe_cell
+
+    assert [safe_cell(v) for v in ("=1", "+1", "-1", "@a", "\t1", "\r1")] == ["'=1", "'+1", "'-1", "'@a", "'\t1",
+                                                                          "'\r1"]
+    assert [safe_cell(v) for v in (-1.5, -2, "a=1", "", None, True)] == [-1.5, -2, "a=1", "", None, True]
+
+
 def test_pdf_report_is_one_page_with_the_caution(predictor):
     image = decode(Upload.of("film.png", film(3, size=128)), predictor).image
     pdf = pdf_report(file_name="film.png", film=image.pixels,

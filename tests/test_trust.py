@@ -298,6 +298,23 @@ def test_audit_writes_are_atomic_and_concurrent_writers_keep_the_chain(tmp_path)
     assert csv.splitlines()[0] == ",".join(audit.COLUMNS) and len(csv.splitlines()) == 201
 
 
+def test_audit_csv_cells_never_start_like_a_formula(tmp_path):
+    """Issue #19, item 4: every CSV export, the audit log's too (an account name comes from the identity
+    provider)."""
+    import csv
+    import io
+
+    db = tmp_path / "audit.db"
+    audit.record("predict", role=VIEWER, actor="=2+5", session="@SUM(1)", result="+cmd|' /C calc'!A0",
+                 probability=0.25, detail="ok\r=1+1", path=db)
+    rows = list(csv.DictReader(io.StringIO(audit.to_csv(audit.events(path=db)).decode(), newline="")))
+    assert len(rows) == 1                                     # the CR inside the detail stays in its cell
+    row = rows[0]
+    assert (row["actor"], row["session"], row["result"]) == ("'=2+5", "'@SUM(1)", "'+cmd|' /C calc'!A0")
+    assert row["detail"] == "ok\r=1+1"
+    assert row["probability"] == "0.25" and audit.verify_chain(db) == (1, None)     # stored values unchanged
+
+
 def test_app_predictions_are_audited_by_hash_never_by_name_or_header(weights):
     raw = dicom(synthetic_film(np.random.default_rng(3), True, 96))
     png = film(4)
