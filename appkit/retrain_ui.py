@@ -16,9 +16,10 @@ from typing import Any
 import streamlit as st
 
 from pneumo_core import jobs, registry
+from pneumo_core.data import discover_splits, list_labelled
 from pneumo_core.datacheck import DatasetError, DatasetReport, extract_zip, remove_tree, validate_dataset
 from pneumo_core.errors import ModelLoadError, PneumoError
-from pneumo_core.model import imagenet_weights_path, read_card
+from pneumo_core.model import LABELS, imagenet_weights_path, read_card
 
 from . import charts
 from .auth_ui import audit_event, require_admin_action
@@ -68,11 +69,31 @@ def outside_data_roots(path: str) -> str | None:
     roots = [Path(r).resolve() for r in os.environ.get("PNEUMO_DATA_ROOTS", "").split(os.pathsep) if r.strip()]
     if not roots:
         return None
-    target = Path(path).resolve()
-    if any(target == r or r in target.parents for r in roots):
-        return None
-    return ("This server only trains on films under: " + ", ".join(str(r) for r in roots) +
-            " (PNEUMO_DATA_ROOTS). Copy the data there, or upload a .zip.")
+    where = ", ".join(str(r) for r in roots)
+
+    def inside(p: Path) -> bool:
+        real = p.resolve()
+        return any(real == r or r in real.parents for r in roots)
+
+    folder = Path(path)
+    if not inside(folder):
+        return (f"This server only trains on films under: {where} (PNEUMO_DATA_ROOTS). Copy the data there, "
+                f"or upload a .zip.")
+    # A link inside the folder (a split, a class folder or a single film) may point anywhere: resolve every
+    # folder and file that training would read, and require each one to stay under a root too.
+    try:
+        splits = discover_splits(folder)
+        for split in splits.values():
+            parts = [split] + [split / label for label in LABELS] + list(list_labelled(split).files)
+            for p in parts:
+                if not inside(p):
+                    rel = p.relative_to(folder).as_posix() if p != folder else "."
+                    return (f"{rel}{'/' if p.is_dir() else ''} is a link to {p.resolve()}, outside the folders "
+                            f"this server trains on: {where} (PNEUMO_DATA_ROOTS). Copy the films there instead "
+                            f"of linking to them, or upload a .zip.")
+    except OSError:
+        return None          # no usable layout, or unreadable: validate_dataset says why
+    return None
 
 
 def _discard_upload(current: dict | None) -> None:

@@ -303,3 +303,41 @@ def test_data_roots_restrict_which_server_folders_can_be_used(weights, data, tmp
     monkeypatch.setenv("PNEUMO_DATA_ROOTS", str(data.parent))
     at = check_folder(open_page(), data)
     assert not errors(at) and not button(at, "retrain_start").disabled
+
+
+def test_a_link_inside_a_data_root_may_not_lead_out_of_it(data, tmp_path, monkeypatch):
+    import shutil
+
+    from appkit.retrain_ui import outside_data_roots
+
+    root = tmp_path / "allowed"
+    monkeypatch.setenv("PNEUMO_DATA_ROOTS", str(root))
+    good = root / "good"
+    shutil.copytree(data, good)
+    assert outside_data_roots(str(good)) is None                          # real folders and films: accepted
+
+    split = root / "split"                                                # train/ links out of the roots
+    split.mkdir()
+    (split / "train").symlink_to(data / "train", target_is_directory=True)
+    refused = outside_data_roots(str(split))
+    assert refused and "train/ is a link to" in refused and "PNEUMO_DATA_ROOTS" in refused
+
+    label = root / "label"                                                # NORMAL/ links out of the roots
+    shutil.copytree(data / "train", label / "train")
+    shutil.rmtree(label / "train" / "NORMAL")
+    (label / "train" / "NORMAL").symlink_to(data / "train" / "NORMAL", target_is_directory=True)
+    refused = outside_data_roots(str(label))
+    assert refused and "train/NORMAL/ is a link to" in refused
+
+    film = root / "film"                                                  # a single film links out
+    shutil.copytree(data / "train", film)
+    one = sorted((film / "PNEUMONIA").iterdir())[0]
+    one.unlink()
+    one.symlink_to(data / "train" / "PNEUMONIA" / one.name)
+    refused = outside_data_roots(str(film))
+    assert refused and f"PNEUMONIA/{one.name} is a link to" in refused
+
+    inner = root / "inner"                                                # a link that stays inside: fine
+    inner.mkdir()
+    (inner / "train").symlink_to(good / "train", target_is_directory=True)
+    assert outside_data_roots(str(inner)) is None
