@@ -9,8 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from pneumo_core import audit
+from pneumo_core.auth import VIEWER
 
-from .auth_ui import current, session_id
+from .auth_ui import admin_credential, admin_refusal_now, current, session_id
 
 SHOWN = ("time", "role", "actor", "action", "result", "model_version", "operating_point", "threshold",
          "probability", "input_sha256", "detail", "session", "id")
@@ -70,8 +71,12 @@ def table_ui(filters: dict[str, Any]) -> list[dict[str, Any]]:
 def export_ui(rows: list[dict[str, Any]], filters: dict[str, Any]) -> None:
     role, actor = current()       # the page is admin-only; the callable below runs outside the script
     sid = session_id()
+    credential = admin_credential()
 
     def data() -> bytes:        # runs when the button is clicked, on the server: the export itself is audited
+        if why := admin_refusal_now(credential):        # the role is checked again now, not at page render
+            audit.record("export_audit", role=VIEWER, actor=VIEWER, session=sid, result="denied", detail=why)
+            raise PermissionError(f"The audit export needs the admin role ({why}). Sign in as admin again.")
         audit.record("export_audit", role=role, actor=actor, session=sid, result="succeeded",
                      detail=f"{len(rows)} events")
         return audit.to_csv(rows)

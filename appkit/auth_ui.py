@@ -72,7 +72,8 @@ def current() -> tuple[str | None, str | None]:
 
 
 def _end_admin(reason: str) -> None:
-    if st.session_state.pop(ROLE_KEY, None):
+    if state := st.session_state.pop(ROLE_KEY, None):
+        state["ended"] = True           # a credential held by a download callable ends with it
         st.session_state[ENDED_KEY] = f"Your admin session ended ({reason}). Sign in again to continue."
         audit_event("sign_out", "succeeded", detail=reason, role=ADMIN, actor="local-admin")
 
@@ -122,6 +123,42 @@ def require_admin_action(action: str) -> str | None:
         return "This action needs the admin role. Sign in as admin in the sidebar."
     if why := audit.writable():
         return f"Admin actions are refused while the audit log cannot be written. {why}"
+    return None
+
+
+def admin_credential() -> dict[str, Any] | None:
+    """What makes this session admin now, for a check later outside the script (a download's data
+    callable runs on a server thread, without ``st.session_state`` or ``st.user``); None: not admin."""
+    if current()[0] != ADMIN:
+        return None
+    conf, _ = _secrets_or_error()
+    if oidc_configured(conf):
+        return {"oidc": st.user.to_dict()}
+    return {"local": st.session_state[ROLE_KEY]}      # the same dict: signing out or a timeout marks it ended
+
+
+def admin_refusal_now(credential: dict[str, Any] | None) -> str | None:
+    """None when ``credential`` (from ``admin_credential``) still makes an admin at this moment, else why not:
+    the password or the admin list changed, the session signed out or idled, or the secrets are unreadable.
+    Needs no script context, so a download's data callable can call it when it runs."""
+    if not credential:
+        return "not an admin"
+    conf, error = _secrets_or_error()
+    if error:
+        return "the admin settings cannot be read"
+    if "oidc" in credential:
+        if not oidc_configured(conf) or role_for_user(credential["oidc"], admin_emails(conf)) != ADMIN:
+            return "no longer an admin"
+        return None
+    state = credential.get("local") or {}
+    if oidc_configured(conf) or state.get("role") != ADMIN or state.get("ended"):
+        return "admin session ended"
+    if state.get("hash_id") != _hash_id(admin_password_hash(conf)):
+        return "password changed"
+    now = time.monotonic()
+    if now - state.get("seen", 0) > ADMIN_IDLE_S:
+        return "idle timeout"
+    state["seen"] = now
     return None
 
 
@@ -184,7 +221,8 @@ def _try_password() -> None:
 
 
 def _sign_out() -> None:
-    if st.session_state.pop(ROLE_KEY, None):
+    if state := st.session_state.pop(ROLE_KEY, None):
+        state["ended"] = True
         audit_event("sign_out", "succeeded", role=ADMIN, actor="local-admin")
 
 

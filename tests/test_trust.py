@@ -229,6 +229,44 @@ def test_changing_the_password_ends_admin_sessions_and_their_pending_actions(wei
     assert [(e["role"], e["result"]) for e in promote] == [(VIEWER, "denied")]
 
 
+def test_audit_export_rechecks_the_role_when_it_runs(weights, monkeypatch):
+    """The export is built when its button is clicked, on a server thread: the test keeps the button's
+    callable and calls it after the password changed (or the admin signed out) on a page left open."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    exports: list = []
+    real = MediaFileManager.add_deferred
+
+    def keep(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        if str(file_name).startswith("audit-"):
+            exports.append(data_callable)
+        return real(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", keep)
+    set_password()
+    at = sign_in(open_app(), ADMIN_PASSWORD)
+    at.switch_page("pages/audit.py").run()
+    assert not errors(at) and exports
+    assert b"sign_in" in exports[-1]()                    # still admin: the events are exported
+    left_open = exports[-1]
+    set_password("a completely new passphrase")          # rotated from the CLI while the page stays open
+    with pytest.raises(PermissionError, match="password changed"):
+        left_open()
+    export = [(e["role"], e["result"], e["detail"]) for e in events() if e["action"] == "export_audit"]
+    assert export[-1] == (VIEWER, "denied", "password changed")
+    assert [r for r, *_ in export if r == ADMIN] and all(res == "succeeded" for r, res, _ in export if r == ADMIN)
+
+    set_password()                                       # signing out ends a page left open too
+    at = sign_in(open_app(), ADMIN_PASSWORD)
+    at.switch_page("pages/audit.py").run()
+    left_open = exports[-1]
+    assert left_open()
+    next(b for b in at.sidebar.button if b.key == "admin_logout").click().run()
+    with pytest.raises(PermissionError, match="admin session ended"):
+        left_open()
+    assert [e["result"] for e in events() if e["action"] == "export_audit"][-1] == "denied"
+
+
 def test_admin_promote_and_rollback_are_audited_with_versions(weights, tiny_model_dir):
     at = retrain_as_admin_with_version_other(weights, tiny_model_dir)
     next(b for b in at.button if b.key == "retrain_promote").click().run()
