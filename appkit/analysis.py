@@ -7,12 +7,12 @@ rerun (an opacity slider moved, an operating point changed) reuses what was alre
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pneumo_core.errors import UnreadableImageError
 from pneumo_core.explain import Explanation, explain
 from pneumo_core.io import XrayImage, read_xray
-from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor, film_warnings
+from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor
 
 
 @dataclass(frozen=True)
@@ -50,23 +50,18 @@ class Film:
 
     def prediction(self, predictor: Predictor, operating_point: str) -> Prediction:
         if operating_point not in self.predictions:
-            self.predictions[operating_point] = self._typed(predictor.predict(self.image, operating_point))
+            self.predictions[operating_point] = predictor.typed(predictor.predict(self.image, operating_point),
+                                                                self.image, self.film_type)
         return self.predictions[operating_point]
 
-    def _typed(self, pred: Prediction) -> Prediction:
-        """The prediction with the warning its film type carries (an adult film), as ``screen_many`` gives it."""
-        extra = tuple(w for w in film_warnings(self.film_type) if w not in pred.warnings)
-        if not extra:
-            return pred
-        kept = tuple(w for w in pred.warnings if not w.startswith("Patient older than"))   # the adult warning says it
-        return replace(pred, warnings=extra + kept)
 
     def explanation(self, predictor: Predictor, method: str, operating_point: str) -> Explanation:
         """Grad-CAM, computed once per method; its forward pass also gives the prediction."""
         if method not in self.explanations:
             exp = explain(predictor, self.image, method=method, operating_point=operating_point)
             self.explanations[method] = exp
-            self.predictions.setdefault(exp.prediction.operating_point, self._typed(exp.prediction))
+            self.predictions.setdefault(exp.prediction.operating_point,
+                                        predictor.typed(exp.prediction, self.image, self.film_type))
         return self.explanations[method]
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import streamlit as st
 
 from pneumo_core.explain import METHODS, Explanation, default_method, overlay
-from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure
+from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure, outside_detail
 
 from .analysis import Film, Upload, decode
 from .auth_ui import audit_once
@@ -17,7 +17,7 @@ from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
 from .limits import RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
-from .text import card_summary, fmt_pct, metadata_rows, op_description, outside_detail
+from .text import card_summary, fmt_pct, metadata_rows, op_description
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter

@@ -19,14 +19,6 @@ SPLIT_ROLES = {
 SPLIT_ORDER = ("test", "external", "val")
 
 
-def outside_detail(film_type: str | None, *, analysed_anyway: bool = False) -> str:
-    """The audit log's detail for a result outside validated use: the app's own words and the film type (one of
-    ``pneumo_core.filmtype.CLASSES``), never file data."""
-    if analysed_anyway:
-        return "analysed anyway, outside validated use"
-    return "outside validated use" + (f" ({film_type})" if film_type else "")
-
-
 def op_label(name: str) -> str:
     return OP_LABELS.get(name, name.replace("_", " ").capitalize())
 

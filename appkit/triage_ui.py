@@ -6,10 +6,12 @@ from typing import Sequence
 
 import streamlit as st
 
+from pneumo_core.predict import outside_detail
+
 from .analysis import Upload
 from .auth_ui import audit_events
 from .model import ActiveModel
-from .text import op_label, outside_detail
+from .text import op_label
 from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
 
 FLAG_TINT = "background-color: #fbe9e7"       # flagged, validated film (pink)
@@ -37,12 +39,12 @@ def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> li
 
 
 def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
-    """Counts; flags on films outside validated use are not counted as flags (they are counted apart)."""
+    """Counts; films outside validated use are counted apart (they are never flagged)."""
     flag_name, flag_thr = flag_threshold(model.predictor, op)
     counts = {s: sum(r.record.status == s for r in rows) for s in ("ok", "rejected", "error")}
     cols = st.columns(5)
     cols[0].metric("Analysed", counts["ok"])
-    cols[1].metric("Flagged", sum(r.flag and not r.outside for r in rows),
+    cols[1].metric("Flagged", sum(r.flag for r in rows),
                    help=f"Films within validated use with a probability at or above the {op_label(flag_name)} "
                         f"threshold ({flag_thr:.3f}).")
     cols[2].metric("Outside validated use", sum(r.outside for r in rows),

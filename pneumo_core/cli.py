@@ -71,9 +71,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _audit_fields(rec) -> dict:
     """An audit event for a record: the file's sha256 (never its name), result, probability, operating point."""
+    from .predict import outside_detail
+
     return {"input_sha256": file_sha256(rec.file), "result": rec.label or rec.status, "probability": rec.probability,
             "operating_point": rec.operating_point, "threshold": rec.threshold, "model_version": rec.model_version,
-            "detail": (f"outside validated use ({rec.film_type or 'analysed anyway'})"
+            "detail": (outside_detail(rec.film_type, analysed_anyway=rec.film_type is None)
                        if rec.status == "ok" and rec.outside_validated_use else None)}
 
 
@@ -149,7 +151,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import encode_png, explain, overlay
     from .io import read_xray
     from .model import atomic_write_bytes
-    from .predict import film_warnings
+    from .predict import outside_detail
 
     predictor = _predictor(args.model)
     image = read_xray(args.file, name=Path(args.file).name)
@@ -160,19 +162,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     exp = explain(predictor, image, method=args.method, operating_point=args.operating_point)
     atomic_write_bytes(Path(args.out), encode_png(overlay(image.pixels, exp.normalised, alpha=args.alpha)))
-    p = exp.prediction
+    p = predictor.typed(exp.prediction, image, screened.film_type)
     outside = screened.outside_validated_use
     cli_audit("explain", p.label, input_sha256=file_sha256(args.file), probability=p.probability,
               operating_point=p.operating_point, threshold=p.threshold, model_version=p.model_version,
-              detail=("analysed anyway, outside validated use" if reason else
-                      f"outside validated use ({screened.film_type})" if outside else None))
-    warnings = film_warnings(screened.film_type) + tuple(w for w in p.warnings if w not in film_warnings(screened.film_type))
+              detail=outside_detail(screened.film_type, analysed_anyway=bool(reason)) if outside else None)
     print(json.dumps({"file": args.file, "probability": p.probability, "label": p.label, "threshold": p.threshold,
                       "operating_point": p.operating_point, "model_version": p.model_version,
                       "method": exp.method, "target": exp.target, "out": args.out, "film_type": screened.film_type,
                       "outside_validated_use": bool(outside),
                       "message": ("Outside validated use: " + outside) if outside else "",
-                      "warnings": list(warnings)}))
+                      "warnings": list(p.warnings)}))
     return EXIT_OK
 
 

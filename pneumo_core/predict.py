@@ -10,7 +10,7 @@ guard's verdict and the prediction from the same forward pass.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -172,8 +172,7 @@ class Predictor:
                 elif reasons[i] is None and scores is not None:
                     reasons[i] = self.guard.reason(im, float(scores[j]))
                 preds[i] = Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
-                                      film_warnings(kinds[i]) + tuple(im.warnings)
-                                      + clinical_warnings(im, p, thr, self.temperature, adult=kinds[i] == ADULT))
+                                      prediction_warnings(im, p, thr, self.temperature, kinds[i]))
         return [Screened(r, p, k, c) for r, p, k, c in zip(reasons, preds, kinds, cautions)]
 
     def screen(self, image: XrayImage, operating_point: str | None = None) -> Screened:
@@ -203,7 +202,13 @@ class Predictor:
         name, thr = self.threshold(operating_point)
         p = float(sigmoid(np.asarray(logit / self.temperature)))
         return Prediction(p, LABELS[int(p >= thr)], thr, name, self.version,
-                          tuple(image.warnings) + clinical_warnings(image, p, thr, self.temperature))
+                          prediction_warnings(image, p, thr, self.temperature, None))
+
+    def typed(self, pred: Prediction, image: XrayImage, kind: str | None) -> Prediction:
+        """``pred`` with the warnings of a film of type ``kind`` (``screen_many`` gives them at once; ``predict``
+        and Grad-CAM, which do not run the film-type check, get them here)."""
+        return replace(pred, warnings=prediction_warnings(image, pred.probability, pred.threshold, self.temperature,
+                                                          kind))
 
 
 def age_caution(image: XrayImage, kind: str | None) -> str | None:
@@ -217,6 +222,21 @@ def age_caution(image: XrayImage, kind: str | None) -> str | None:
 def film_warnings(kind: str | None) -> tuple[str, ...]:
     """The warning a film type carries on an analysed film (an adult film: not the validated population)."""
     return (ADULT_WARNING,) if kind == ADULT else ()
+
+
+def prediction_warnings(image: XrayImage, probability: float, threshold: float, temperature: float,
+                        kind: str | None) -> tuple[str, ...]:
+    """Every warning of a prediction: its film type's, the decoder's, then the clinical ones."""
+    return (film_warnings(kind) + tuple(image.warnings)
+            + clinical_warnings(image, probability, threshold, temperature, adult=kind == ADULT))
+
+
+def outside_detail(film_type: str | None, *, analysed_anyway: bool = False) -> str:
+    """The audit log's detail for a result outside validated use: fixed words and the film type (one of
+    ``filmtype.CLASSES``), never file data."""
+    if analysed_anyway:
+        return "analysed anyway, outside validated use"
+    return "outside validated use" + (f" ({film_type})" if film_type else "")
 
 
 def clinical_warnings(image: XrayImage, probability: float, threshold: float, temperature: float = 1.0,
