@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from .errors import ModelLoadError
-from .guard import LATERAL_VIEWS
 from .model import atomic_write_bytes, read_card, sha256_file
 from .ood import LAYOUT, Gaussian, read_fitted_file
 
@@ -155,17 +154,6 @@ class FilmTypeCheck:
 
 def _shown(score: float) -> str:
     return f"{score:.1f}" if np.isfinite(score) else "not computable"
-
-
-def model_free_kind(reason: str | None, metadata: Mapping[str, Any]) -> str | None:
-    """The film type implied by a model-free refusal (``guard.model_free_reason``), when it implies one."""
-    if reason is None:
-        return None
-    if str(metadata.get("view_position") or "").upper() in LATERAL_VIEWS:
-        return LATERAL
-    if reason.startswith(("DICOM modality", "The image is in colour", "The image is blank")):
-        return NOT_RADIOGRAPH
-    return None
 
 
 # --------------------------------------------------------------------------- persistence

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .filmtype import LATERAL, NOT_RADIOGRAPH
 from .io import XrayImage
 
 if TYPE_CHECKING:
@@ -35,34 +36,51 @@ MAX_ASPECT = 2.5
 MAX_COLOUR_FRACTION = 0.2
 
 
-def rejection_reason(image: XrayImage) -> str | None:
-    """A one-line reason to refuse the film, or None when nothing speaks against it."""
+Found = tuple[str, "str | None"]      # (one-line reason, the film type it implies: filmtype.CLASSES or None)
+
+
+def _rejection(image: XrayImage) -> Found | None:
     modality = str(image.metadata.get("modality") or "").upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
-        return f"DICOM modality {modality} is not a projection radiograph."
+        return f"DICOM modality {modality} is not a projection radiograph.", NOT_RADIOGRAPH
     px = image.pixels
     if float(np.std(px)) < 0.02:
-        return "The image is blank or nearly uniform."
+        return "The image is blank or nearly uniform.", NOT_RADIOGRAPH
     return None
+
+
+def _view(image: XrayImage) -> Found | None:
+    view = str(image.metadata.get("view_position") or "").upper()
+    if view in LATERAL_VIEWS:
+        return f"Lateral view ({view}): the model is validated on frontal chest films only.", LATERAL
+    h, w = image.pixels.shape
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return f"The image is {w}×{h} pixels: far too elongated for a chest radiograph.", None
+    colour = image.metadata.get("colour_fraction")
+    if isinstance(colour, (int, float)) and colour >= MAX_COLOUR_FRACTION:
+        return f"The image is in colour ({colour:.0%} of its pixels): a radiograph is grey.", NOT_RADIOGRAPH
+    return None
+
+
+def rejection_reason(image: XrayImage) -> str | None:
+    """A one-line reason to refuse the film, or None when nothing speaks against it."""
+    return (_rejection(image) or (None, None))[0]
 
 
 def view_reason(image: XrayImage) -> str | None:
     """Model-free evidence beyond ``rejection_reason``: the view, the frame's shape, colour."""
-    view = str(image.metadata.get("view_position") or "").upper()
-    if view in LATERAL_VIEWS:
-        return f"Lateral view ({view}): the model is validated on frontal chest films only."
-    h, w = image.pixels.shape
-    if max(h, w) > MAX_ASPECT * min(h, w):
-        return f"The image is {w}×{h} pixels: far too elongated for a chest radiograph."
-    colour = image.metadata.get("colour_fraction")
-    if isinstance(colour, (int, float)) and colour >= MAX_COLOUR_FRACTION:
-        return f"The image is in colour ({colour:.0%} of its pixels): a radiograph is grey."
-    return None
+    return (_view(image) or (None, None))[0]
+
+
+def model_free_verdict(image: XrayImage) -> tuple[str | None, str | None]:
+    """Every check that needs no model (``rejection_reason`` then ``view_reason``): the reason to refuse the
+    film and the film type that reason implies (a lateral view, not a radiograph), or (None, None)."""
+    return _rejection(image) or _view(image) or (None, None)
 
 
 def model_free_reason(image: XrayImage) -> str | None:
     """Every check that needs no model: ``rejection_reason`` then ``view_reason``."""
-    return rejection_reason(image) or view_reason(image)
+    return model_free_verdict(image)[0]
 
 
 def check(image: XrayImage, guard: "Guard | None" = None, score: float | None = None) -> str | None:

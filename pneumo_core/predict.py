@@ -19,10 +19,10 @@ import torch
 
 from .errors import PneumoError, UnreadableImageError
 from .evaluate import sigmoid
-from .guard import LATERAL_VIEWS, model_free_reason
+from .guard import LATERAL_VIEWS, model_free_verdict
 from .io import XrayImage, read_xray
 from .model import LABELS, LoadedModel, load_model
-from .filmtype import ADULT, ADULT_WARNING, PEDIATRIC, FilmTypeCheck, load_check, model_free_kind
+from .filmtype import ADULT, ADULT_WARNING, PEDIATRIC, FilmTypeCheck, load_check
 from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
 from .preprocess import to_batch
 
@@ -144,8 +144,8 @@ class Predictor:
         unless ``predict_rejected`` (the "analyse anyway" path).
         """
         name, thr = self.threshold(operating_point)
-        reasons = [model_free_reason(im) for im in images]
-        kinds = [model_free_kind(r, im.metadata) for r, im in zip(reasons, images)]
+        found = [model_free_verdict(im) for im in images]
+        reasons, kinds = [r for r, _ in found], [k for _, k in found]
         cautions: list[str | None] = [None] * len(images)
         preds: list[Prediction | None] = [None] * len(images)
         run = [i for i, r in enumerate(reasons) if r is None or predict_rejected]
