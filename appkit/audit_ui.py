@@ -25,10 +25,13 @@ def chain_ui() -> None:
         st.error(str(exc))
         return
     if broken is None:
-        st.caption(f"Hash chain intact over all {n:,} events: none was edited or deleted.")
+        st.caption(f"Hash chain intact (keyed) over all {n:,} events: none was edited, inserted or deleted "
+                   f"(removing the newest events is seen only against a head hash kept elsewhere: "
+                   f"`python -m pneumo_core audit verify`).")
     else:
         st.error(f"**The hash chain breaks at event {broken}** (after {n:,} intact events): that event or the one "
-                 f"before it was edited or deleted outside the app.", icon=":material/gpp_bad:")
+                 f"before it was edited, inserted or deleted outside the app, or the log was written with another "
+                 f"key.", icon=":material/gpp_bad:")
 
 
 def filters_ui() -> dict[str, Any]:

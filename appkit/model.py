@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import streamlit as st
 
 from pneumo_core.errors import PneumoError
+from pneumo_core.integrity import card_digest
 from pneumo_core.model import CARD_FILE, read_card, weight_files
 from pneumo_core.filmtype import FILM_TYPE_FILE
 from pneumo_core.ood import OOD_FILE
@@ -63,6 +64,7 @@ def load_active() -> ActiveModel:
     folder = active_model_dir()
     card = read_card(folder)
     sha = str((card.get("weights") or {}).get("sha256") or (folder / CARD_FILE).stat().st_mtime_ns)
+    sha += f"+card:{card_digest(card)[:16]}"                  # a re-sealed card (new threshold) too
     ood = card.get("ood")
     if isinstance(ood, dict) and ood.get("sha256"):           # a guard fitted later is picked up too
         sha += f"+ood:{ood['sha256']}"
@@ -70,8 +72,9 @@ def load_active() -> ActiveModel:
     if isinstance(film_type, dict) and film_type.get("sha256"):   # and a film-type check
         sha += f"+film_type:{film_type['sha256']}"
     # A file replaced or edited on disk changes its stat, so the next rerun loads it again, and that load
-    # checks its sha256: a tampered file stops being served (the error shows) instead of lingering in memory.
-    files = [file for file, _ in weight_files(card)]
+    # checks its sha256 (the card: its seal, already checked by read_card above): a tampered file stops being
+    # served (the error shows) instead of lingering in memory.
+    files = [CARD_FILE, *(file for file, _ in weight_files(card))]
     if isinstance(ood, dict):
         files.append(ood.get("file") or OOD_FILE)
     if isinstance(film_type, dict) and film_type.get("fitted"):

@@ -6,15 +6,21 @@ short detail from the app's own vocabulary. Never a file name, a DICOM header va
 that could name, identify or date a patient: the sha256 lets an auditor match a film they hold without
 the log holding it.
 
-Events are chained: each row stores the sha256 of the previous row's hash and its own fields, so an
-edited or deleted row is detected by ``verify_chain`` (``python -m pneumo_core audit verify``). The chain
-is extended inside ``BEGIN IMMEDIATE``, so concurrent writers (many app sessions, the CLI) serialise.
+Events are chained: each row stores a keyed hash (HMAC-SHA256) of the previous row's hash and its own
+fields. The key is derived from this server's integrity key (``integrity.py``: a file outside the database
+and outside ``weights/``), so ``verify_chain`` (``python -m pneumo_core audit verify``) detects a row that was
+edited, inserted or deleted even when every later hash was recomputed, unless whoever did it could also
+read the key file. Not detected by the chain alone: removing the newest rows (the remaining chain is
+intact; compare the count and the head hash that ``audit verify`` prints with a copy kept elsewhere), or
+replacing the key file together with the whole log. The chain is extended inside ``BEGIN IMMEDIATE``, so
+concurrent writers (many app sessions, the CLI) serialise.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import math
@@ -27,6 +33,7 @@ from typing import Any, Iterator, Sequence
 
 from .csvcell import LINE_END, safe_cell
 from .errors import PneumoError
+from .integrity import IntegrityKeyError, derived_key, key_path
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("id", "time", "role", "actor", "session", "action", "model_version", "input_sha256", "result",
@@ -85,9 +92,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _row_hash(prev_hash: str, fields: Sequence[Any]) -> str:
+def _row_hash(key: bytes, prev_hash: str, fields: Sequence[Any]) -> str:
     payload = json.dumps([prev_hash, *fields], separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+    return hmac.new(key, payload.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def _chain_key(*, create: bool) -> bytes | None:
+    try:
+        return derived_key("audit", create=create)
+    except IntegrityKeyError as exc:
+        raise AuditError(f"The audit log's key is unavailable: {exc}") from None
 
 
 def _clean_sha(value: str | None) -> str | None:
@@ -119,6 +133,7 @@ def record_many(items: Sequence[list], path: str | Path | None = None) -> list[i
     """Append ``event(...)`` rows in one atomic transaction (all or none); returns their ids."""
     if not items:
         return []
+    key = _chain_key(create=True)
     try:
         with closing(_connect(path)) as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -127,7 +142,7 @@ def record_many(items: Sequence[list], path: str | Path | None = None) -> list[i
                 prev = last[0] if last else GENESIS
                 ids = []
                 for fields in items:
-                    digest = _row_hash(prev, fields)
+                    digest = _row_hash(key, prev, fields)
                     cur = conn.execute(f"INSERT INTO events ({', '.join(COLUMNS[1:])}) VALUES "
                                        f"({', '.join('?' * (len(COLUMNS) - 1))})", [*fields, prev, digest])
                     ids.append(int(cur.lastrowid))
@@ -191,18 +206,35 @@ def actions(path: str | Path | None = None) -> list[str]:
         raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
 
 
+def head(path: str | Path | None = None) -> tuple[int, str]:
+    """(number of events, hash of the newest): keep a copy elsewhere to detect the newest rows being removed."""
+    try:
+        with closing(_connect(path)) as conn:
+            count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            last = conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
+    return int(count), (last[0] if last else GENESIS)
+
+
 def _iter_rows(path: str | Path | None) -> Iterator[tuple]:
     with closing(_connect(path)) as conn:
         yield from conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY id ASC")
 
 
 def verify_chain(path: str | Path | None = None) -> tuple[int, int | None]:
-    """(events checked, id of the first event whose chain breaks or None). Detects edits and deletions."""
+    """(events checked, id of the first event whose chain breaks or None). Detects edits, insertions and
+    deletions, also when later hashes were recomputed without the key (see the module's docstring)."""
     prev, n = GENESIS, 0
+    key = _chain_key(create=False)
     try:
         for row in _iter_rows(path):
             rec = dict(zip(COLUMNS, row))
-            if rec["prev_hash"] != prev or _row_hash(prev, [rec[c] for c in _HASHED]) != rec["hash"]:
+            if key is None:
+                raise AuditError(f"The audit log cannot be verified: this server's key file ({key_path()}) "
+                                 f"is missing, and the log was written with a key.")
+            if (rec["prev_hash"] != prev
+                    or not hmac.compare_digest(_row_hash(key, prev, [rec[c] for c in _HASHED]), rec["hash"])):
                 return n, rec["id"]
             prev, n = rec["hash"], n + 1
     except sqlite3.Error as exc:

@@ -217,7 +217,7 @@ def cmd_cam_eval(args: argparse.Namespace) -> int:
     from . import cam_eval
     from .data import list_labelled
     from .io import read_xray
-    from .model import CARD_FILE, atomic_write_json, read_card
+    from .model import CARD_FILE, atomic_write_json, read_card, write_card
 
     if args.films < 2:
         _err("--films must be at least 2.")
@@ -242,7 +242,7 @@ def cmd_cam_eval(args: argparse.Namespace) -> int:
         folder = predictor.model.path
         card = read_card(folder)
         card["explain"] = choice
-        atomic_write_json(folder / CARD_FILE, card)
+        write_card(folder, card)
         print(f"recorded in {folder.name}/{CARD_FILE}")
     return EXIT_OK
 

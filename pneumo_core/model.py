@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError, WeightsUnavailableError
+from .integrity import SEAL_FIELD, check_card, sealed
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -272,8 +273,7 @@ def save_model(net: nn.Module, card: Mapping[str, Any], out_dir: str | Path) -> 
     card = dict(card)
     card["schema"] = CARD_SCHEMA
     card["weights"] = {"file": WEIGHTS_FILE, "dtype": "float16", "sha256": sha256_file(out / WEIGHTS_FILE)}
-    atomic_write_json(out / CARD_FILE, card)
-    return card
+    return write_card(out, card)
 
 
 def save_ensemble(members: list[nn.Module], sources: list[str], card: Mapping[str, Any],
@@ -293,8 +293,7 @@ def save_ensemble(members: list[nn.Module], sources: list[str], card: Mapping[st
     card["schema"] = CARD_SCHEMA
     card["ensemble"] = {"combine": "mean of the members' logits", "members": listed}
     card["weights"] = {"file": listed[0]["file"], "dtype": "float16", "sha256": listed[0]["sha256"]}
-    atomic_write_json(out / CARD_FILE, card)
-    return card
+    return write_card(out, card)
 
 
 @dataclass(frozen=True)
@@ -314,7 +313,10 @@ class LoadedModel:
         return next(self.net.parameters()).device
 
 
-def read_card(model_dir: str | Path) -> dict[str, Any]:
+def read_card(model_dir: str | Path, *, check: bool = True) -> dict[str, Any]:
+    """The card of a model folder, refused (ModelLoadError) when it was changed after it was written by
+    ``write_card`` (``integrity.check_card``). ``check=False`` only to list or report a version, never to use
+    its numbers."""
     path = Path(model_dir) / CARD_FILE
     try:
         card = json.loads(path.read_text())
@@ -324,7 +326,19 @@ def read_card(model_dir: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"The model card in {Path(model_dir).name} is unreadable.") from exc
     if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA:
         raise ModelLoadError(f"The model card in {Path(model_dir).name} has an unknown format.")
+    if check:
+        check_card(card, str(card.get("version") or Path(model_dir).name))
     return card
+
+
+def write_card(model_dir: str | Path, card: Mapping[str, Any]) -> dict[str, Any]:
+    """Seal the card under this server's key and write it atomically; returns what was written. Every
+    writer of a card goes through here, so a card changed any other way is refused on load."""
+    plain = json.loads(json.dumps(dict(card), default=_json_default))
+    plain.pop(SEAL_FIELD, None)
+    written = sealed(plain)
+    atomic_write_json(Path(model_dir) / CARD_FILE, written)
+    return written
 
 
 def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:

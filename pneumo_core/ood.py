@@ -43,7 +43,7 @@ from torch import nn
 
 from .errors import ModelLoadError, UnreadableImageError
 from .io import XrayImage
-from .model import CARD_FILE, Ensemble, atomic_write_bytes, atomic_write_json, read_card, sha256_file
+from .model import Ensemble, atomic_write_bytes, read_card, sha256_file, write_card
 from .preprocess import resize
 
 if TYPE_CHECKING:
@@ -422,7 +422,7 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
     card = read_card(model_dir)      # re-read: keep anything written meanwhile, change only 'ood' and 'film_type'
     card["ood"] = info
     card["film_type"] = ft_info
-    atomic_write_json(model_dir / CARD_FILE, card)
+    write_card(model_dir, card)
     log(f"guard written: {OOD_FILE} (sha256 {info['sha256'][:12]}...)")
     return info
 

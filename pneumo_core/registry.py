@@ -23,8 +23,9 @@ from typing import Any, Mapping
 from filelock import FileLock
 
 from .errors import ModelLoadError, PneumoError
+from .integrity import check_card
 from .model import (CARD_FILE, atomic_write_bytes, atomic_write_json, check_weight_files, read_card, sha256_file,
-                    weight_files)
+                    weight_files, write_card)
 
 ACTIVE_FILE = "ACTIVE"
 HISTORY_FILE = "active_history.json"
@@ -95,6 +96,15 @@ def verify_version(folder: str | Path) -> dict[str, Any]:
     return card
 
 
+def seal_version(folder: str | Path) -> dict[str, Any]:
+    """Seal a version's card as it now reads, under this server's key (``models seal``): for a card someone
+    has checked, such as a version copied from another server. Its weights must still match the card."""
+    folder = Path(folder)
+    card = read_card(folder, check=False)
+    check_weight_files(folder, card)
+    return write_card(folder, card)
+
+
 # --------------------------------------------------------------------------- listing
 
 @dataclass(frozen=True)
@@ -138,7 +148,8 @@ def list_versions(root: str | Path | None = None, *, verify: bool = False) -> li
         card: dict[str, Any] = {}
         problem = None
         try:
-            card = read_card(folder)
+            card = read_card(folder, check=False)    # shown even when refused, with the reason
+            check_card(card, folder.name)
             if verify:
                 verify_version(folder)
             elif not all((folder / file).is_file() for file, _ in weight_files(card)):
@@ -236,7 +247,7 @@ def add_version(model_dir: str | Path, root: str | Path | None = None) -> str:
         while (root / name).exists():
             name, n = f"{base}-{n}", n + 1
         if name != card.get("version"):
-            atomic_write_json(src / CARD_FILE, {**card, "version": name})
+            write_card(src, {**card, "version": name})
         try:
             os.replace(src, root / name)
         except OSError:                                 # another file system: copy, then rename

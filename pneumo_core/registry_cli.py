@@ -1,4 +1,4 @@
-"""``python -m pneumo_core models list|promote|rollback`` and ``jobs start|status|cancel``: the model
+"""``python -m pneumo_core models list|promote|rollback|seal`` and ``jobs start|status|cancel``: the model
 registry and background training jobs from the command line (the retrain page does the same)."""
 
 from __future__ import annotations
@@ -69,6 +69,17 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
         raise
     cli_audit("rollback", "succeeded", model_version=now, detail=f"was {before}")
     print(f"active model: {now} (was {before})")
+    return EXIT_OK
+
+
+def cmd_models_seal(args: argparse.Namespace) -> int:
+    from .registry import seal_version
+
+    from .trust_cli import cli_audit
+
+    card = seal_version(args.folder)
+    cli_audit("seal_card", "succeeded", model_version=str(card.get("version")))
+    print(f"card of {card.get('version')} sealed with this server's key: it is accepted as it now reads.")
     return EXIT_OK
 
 
@@ -147,6 +158,10 @@ def add_registry_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_models_promote)
     q = msub.add_parser("rollback", help="make the previously active model active again")
     q.set_defaults(func=cmd_models_rollback)
+    q = msub.add_parser("seal", help="accept a model folder's card as it now reads (after checking its weights): "
+                                     "for a card you know is right, e.g. a version copied from another server")
+    q.add_argument("folder", metavar="FOLDER")
+    q.set_defaults(func=cmd_models_seal)
 
     p = sub.add_parser("jobs", help="background training jobs (what the Retrain page starts)")
     jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")

@@ -67,14 +67,17 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .audit import audit_path, verify_chain
+    from .audit import audit_path, head, verify_chain
 
     n, broken = verify_chain()
     if broken is None:
-        print(f"{audit_path().name}: hash chain intact over {n} events.")
+        _, newest = head()
+        print(f"{audit_path().name}: keyed hash chain intact over {n} events; newest hash {newest} "
+              f"(keep this line elsewhere: removing the newest events is only seen against it).")
         return EXIT_OK
-    print(f"{audit_path().name}: the hash chain breaks at event {broken} (after {n} intact events): "
-          f"an event was edited or deleted.", file=sys.stderr)
+    print(f"{audit_path().name}: the hash chain breaks at event {broken} (after {n} intact events): an event "
+          f"was edited, inserted or deleted, or the log was written with another key (another server's, or "
+          f"before the chain was keyed).", file=sys.stderr)
     return EXIT_FAIL
 
 

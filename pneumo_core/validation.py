@@ -19,7 +19,7 @@ from . import evaluate as ev
 from .data import discover_splits, list_labelled
 from .errors import UnreadableImageError
 from .io import read_xray
-from .model import CARD_FILE, atomic_write_json, load_model, read_card
+from .model import atomic_write_json, load_model, read_card, write_card
 from .predict import Predictor
 
 EVAL_DIR = "evaluation"
@@ -123,7 +123,7 @@ def calibrate_model(model_dir: str | Path, data_dir: str | Path, *, n_boot: int 
                                    f"so its metrics are optimistic; other splits are untouched. "
                                    + _ece_note(metrics, fit_on)}
     card["metrics"] = metrics
-    atomic_write_json(model_dir / CARD_FILE, card)
+    write_card(model_dir, card)
     return card
 
 

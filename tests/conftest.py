@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,19 @@ from PIL import Image
 
 # Tests never reach the network and never use the shipped weights unless they say so.
 os.environ.setdefault("PNEUMO_WEIGHTS_DIR", str(Path(__file__).parent / "_no_weights_here"))
+# Cards are sealed with a key made for this test run (never the user's ~/.config/pneumo key); every process
+# the tests start inherits it, and session-wide fixtures are sealed with the same key.
+_KEY_DIR = tempfile.TemporaryDirectory(prefix="pneumo-key-")
+os.environ["PNEUMO_KEY_FILE"] = str(Path(_KEY_DIR.name) / "integrity.key")
 
 
 @pytest.fixture(autouse=True)
 def _private_audit_and_secrets(tmp_path_factory, monkeypatch) -> None:
-    """Every test writes its own audit log and sees no secrets file unless it makes one (never the checkout's)."""
+    """Every test writes its own audit log and sign-in throttle, and sees no secrets file unless it makes one
+    (never the checkout's)."""
     base = tmp_path_factory.mktemp("trust")
     monkeypatch.setenv("PNEUMO_AUDIT_DB", str(base / "audit.sqlite3"))
+    monkeypatch.setenv("PNEUMO_SIGNIN_DB", str(base / "sign_in.sqlite3"))
     monkeypatch.setenv("PNEUMO_SECRETS", str(base / "secrets.toml"))
     # Fitting never picks up the shared film_types/ folder by itself: a test that wants the check names a folder.
     monkeypatch.setenv("PNEUMO_FILM_TYPES", "")
@@ -99,12 +106,11 @@ def active_weights_root(tmp_path: Path, monkeypatch, model_dir: Path, name: str 
 
 def copy_model_version(src: Path, root: Path, name: str) -> Path:
     """A copy of the model folder ``src`` as version ``name`` under the weights root ``root``."""
-    import json
     import shutil
+
+    from pneumo_core.model import read_card, write_card
 
     folder = root / name
     shutil.copytree(src, folder)
-    card = json.loads((folder / "card.json").read_text())
-    card["version"] = name
-    (folder / "card.json").write_text(json.dumps(card))
+    write_card(folder, {**read_card(folder), "version": name})
     return folder

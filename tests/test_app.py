@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import synthetic_film
 from conftest_io_helpers import make_dicom
+from pneumo_core.model import write_card
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -156,7 +157,7 @@ def test_promoted_model_is_picked_up_without_restart(weights, tiny_model_dir):
     shutil.copytree(tiny_model_dir, promoted)
     card = json.loads((promoted / "card.json").read_text())
     card["version"] = "promoted-v2"
-    (promoted / "card.json").write_text(json.dumps(card))
+    write_card(promoted, card)
     (weights / "ACTIVE").write_text("promoted\n")
     at.run()
     assert any("promoted-v2" in m.value for m in at.sidebar.markdown)
@@ -375,7 +376,7 @@ def test_metrics_says_which_population_is_calibrated_and_how_faithful_the_map_is
         "score": 0.42, "ci95": [0.32, 0.52], "percentiles": [20, 40, 60, 80],
         "films": "32 PNEUMONIA films of external/",
         "table": [row("denseblock3", "layercam", 0.42, True), row("random", "random map", 0.01, False)]}}
-    card_path.write_text(json.dumps(card))
+    write_card(card_path.parent, card)
     _clear_caches()
     at = open_app("metrics")
     assert not errors(at)

@@ -27,7 +27,7 @@ from pneumo_core import audit, jobs, registry
 from pneumo_core.cli import main
 from pneumo_core.datacheck import DatasetError
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model
+from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model, write_card
 
 FAST = dict(epochs=2, batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,
             ema_decay=0.9, lr=3e-3)
@@ -47,7 +47,7 @@ def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     shutil.copytree(tiny_model_dir, root / "base")
     card = json.loads((root / "base" / CARD_FILE).read_text())
     card["version"] = "base"
-    (root / "base" / CARD_FILE).write_text(json.dumps(card))
+    write_card(root / "base", card)
     (root / "ACTIVE").write_text("base\n")
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
     monkeypatch.delenv("PNEUMO_JOBS_DIR", raising=False)

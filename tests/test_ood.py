@@ -25,7 +25,7 @@ from pneumo_core.cli import main
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.guard import model_free_reason
 from pneumo_core.io import read_xray
-from pneumo_core.model import read_card, sha256_file
+from pneumo_core.model import read_card, sha256_file, write_card
 from pneumo_core.predict import Predictor, predict_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,12 +148,10 @@ def _random_guard(rng: np.random.Generator) -> tuple[ood.Guard, dict[str, np.nda
 
 
 def _write_guard(model: Path, guard: ood.Guard) -> None:
-    from pneumo_core.model import atomic_write_json
-
     card = read_card(model)
     card["ood"] = {**ood.guard_info(guard), "file": ood.OOD_FILE, "sha256": ood.save_guard(guard, model),
                    "weights_sha256": card["weights"]["sha256"]}
-    atomic_write_json(model / "card.json", card)
+    write_card(model, card)
 
 
 def test_save_load_round_trip_gives_the_same_scores_and_checks_the_sha(tiny_model_dir, tmp_path):
@@ -185,7 +183,7 @@ def test_a_guard_fitted_for_other_weights_is_refused(tiny_model_dir, tmp_path):
     _write_guard(model, guard)
     card = read_card(model)
     card["ood"]["weights_sha256"] = hashlib.sha256(b"other weights").hexdigest()
-    (model / "card.json").write_text(json.dumps(card))
+    write_card(model, card)
     with pytest.raises(ModelLoadError, match="other weights"):
         ood.load_guard(model)
     assert Predictor.from_dir(model, guard=False).guard is None               # how fit-guard replaces it

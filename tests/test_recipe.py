@@ -17,7 +17,7 @@ from pneumo_core.errors import ModelLoadError
 from pneumo_core.explain import explain, target_layers
 from pneumo_core.io import read_xray
 from pneumo_core.model import (CARD_FILE, Ensemble, build_densenet121, default_input_spec, load_model,
-                               save_ensemble)
+                               save_ensemble, write_card)
 from pneumo_core.ood import forward_with_taps
 from pneumo_core.predict import Predictor
 from pneumo_core.preprocess import to_batch
@@ -166,10 +166,10 @@ def test_a_changed_member_is_refused(ensemble_dir, member):
 def test_a_missing_member_or_too_many_members_are_refused(ensemble_dir, members):
     card = json.loads((ensemble_dir / CARD_FILE).read_text())
     four = dict(card, ensemble={**card["ensemble"], "members": card["ensemble"]["members"] * 2})
-    (ensemble_dir / CARD_FILE).write_text(json.dumps(four))
+    write_card(ensemble_dir, four)
     with pytest.raises(ModelLoadError, match="at most 3"):
         load_model(ensemble_dir)
-    (ensemble_dir / CARD_FILE).write_text(json.dumps(card))
+    write_card(ensemble_dir, card)
     (ensemble_dir / "member1.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="no weights file member1"):
         load_model(ensemble_dir)
