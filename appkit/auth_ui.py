@@ -16,8 +16,11 @@ from typing import Any
 import streamlit as st
 
 from pneumo_core import audit
-from pneumo_core.auth import (ADMIN, VIEWER, AuthError, LoginThrottle, admin_emails, admin_password_hash,
-                              oidc_configured, oidc_provider, read_secrets, role_for_user, verify_password)
+from pneumo_core.auth import (ADMIN, VIEWER, AuthError, admin_emails, admin_password_hash, oidc_configured,
+                              oidc_provider, read_secrets, role_for_user, verify_password)
+from pneumo_core.throttle import SignInThrottle, ThrottleError
+
+from . import client
 
 ROLE_KEY = "_auth"                  # session: {"role", "actor", "hash_id", "seen"} after a local admin sign-in
 SESSION_KEY = "_audit_session"      # session: a random id (not derived from anything about the user)
@@ -29,9 +32,10 @@ log = logging.getLogger("pneumo.app")
 
 
 @st.cache_resource
-def _throttle() -> LoginThrottle:
-    """One per server process: failed attempts count across sessions too."""
-    return LoginThrottle()
+def _throttle() -> SignInThrottle:
+    """One per server process (it holds the key that hashes client keys); the counts are in its file, so
+    they hold across sessions and a reload, and the CLI can clear them."""
+    return SignInThrottle()
 
 
 def session_id() -> str:
@@ -192,15 +196,22 @@ def signin_gate() -> str:
 
 
 def _try_password() -> None:
-    """Form callback: check the password (throttled), set the role, audit either way, forget the password."""
+    """Form callback: check the password (slowed per client), set the role, audit either way, forget the
+    password."""
     password = st.session_state.get(PASSWORD_KEY) or ""
     st.session_state[PASSWORD_KEY] = ""
     conf, error = _secrets_or_error()
     stored = admin_password_hash(conf)
-    sid = session_id()
-    wait = _throttle().wait_s(sid)
+    who = client.client_key()
+    try:
+        wait = _throttle().attempt(who)          # counted as a failure until the password is right
+    except ThrottleError as exc:                 # fail closed: no unthrottled guessing
+        log.error("sign-in throttle: %s", exc)
+        st.session_state["_auth_msg"] = f"Sign-in is unavailable: {exc} Tell your administrator."
+        audit_event("sign_in", "error", role=VIEWER, actor=VIEWER, detail="throttle unavailable")
+        return
     if wait > 0:
-        st.session_state["_auth_msg"] = f"Too many failed attempts. Try again in {wait:.0f} s."
+        st.session_state["_auth_msg"] = f"Too many failed attempts from here. Try again in {wait:.0f} s."
         audit_event("sign_in", "throttled", role=VIEWER, actor=VIEWER)
         return
     try:
@@ -209,15 +220,25 @@ def _try_password() -> None:
         st.session_state["_auth_msg"] = str(exc)
         return
     if not ok:
-        _throttle().failed(sid)
-        st.session_state["_auth_msg"] = "Wrong password."
+        st.session_state["_auth_msg"] = "Wrong password." + _next_try(who)
         audit_event("sign_in", "denied", role=VIEWER, actor=VIEWER)
         return
-    _throttle().succeeded(sid)
+    try:
+        _throttle().succeeded(who)
+    except ThrottleError as exc:                 # the sign-in stands; this client's count stays until it expires
+        log.error("sign-in throttle: %s", exc)
     st.session_state[ROLE_KEY] = {"role": ADMIN, "actor": "local-admin", "hash_id": _hash_id(stored),
                                   "seen": time.monotonic()}
     st.session_state.pop("_auth_msg", None)
     audit_event("sign_in", "succeeded", role=ADMIN, actor="local-admin")
+
+
+def _next_try(who: str) -> str:
+    try:
+        wait = _throttle().wait_s(who)
+    except ThrottleError:
+        return ""
+    return f" Too many failed attempts from here: wait {wait:.0f} s before the next try." if wait > 0 else ""
 
 
 def _sign_out() -> None:

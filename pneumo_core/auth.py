@@ -7,6 +7,7 @@ the audit log.
   ``[pneumo] admin_password_hash`` in ``.streamlit/secrets.toml``, set with
   ``python -m pneumo_core set-admin-password``. Anyone who opens the app is a viewer; the password makes
   a session admin. Without a hash there is no admin in the app (the CLI still works on the server).
+  Wrong passwords slow down the client that typed them (``throttle.py``), not everyone.
 - OIDC: when ``secrets.toml`` has an ``[auth]`` section (Streamlit's ``st.login`` settings), everyone signs
   in with the identity provider; an account is admin when its e-mail is in ``[pneumo] admin_emails`` and
   the provider does not say the address is unverified. The local password is then not offered.
@@ -20,11 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
-import time
 import tomllib
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -162,48 +159,6 @@ def role_for_user(user: Mapping[str, Any], admins: frozenset[str]) -> str | None
     if email and email in admins and user.get("email_verified", True) is not False:
         return ADMIN
     return VIEWER
-
-
-# --------------------------------------------------------------------------- throttling
-
-@dataclass
-class LoginThrottle:
-    """Failed password attempts: after ``limit`` failures within ``window_s`` (per session, or ``global_limit``
-    for the whole server, so opening new sessions does not help), further attempts wait until the window
-    has room again. Thread-safe; time is injectable for tests."""
-
-    limit: int = 5
-    global_limit: int = 30
-    window_s: float = 300.0
-    _fails: dict[str, deque] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _recent(self, key: str, now: float) -> deque:
-        q = self._fails.setdefault(key, deque())
-        while q and now - q[0] > self.window_s:
-            q.popleft()
-        return q
-
-    def wait_s(self, session: str, now: float | None = None) -> float:
-        """Seconds before ``session`` may try again (0: now)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            waits = [self.window_s - (now - q[0]) for key, cap in ((session, self.limit), ("*", self.global_limit))
-                     if len(q := self._recent(key, now)) >= cap]
-        return max(waits, default=0.0)
-
-    def failed(self, session: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            for key in (session, "*"):
-                self._recent(key, now).append(now)
-            if len(self._fails) > 10_000:               # forget idle sessions
-                for key in [k for k, q in self._fails.items() if k != "*" and not self._recent(k, now)]:
-                    del self._fails[key]
-
-    def succeeded(self, session: str) -> None:
-        with self._lock:
-            self._fails.pop(session, None)
 
 
 def read_new_password(stdin: bool = False) -> str:

@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", action="store_true", help="record the choice in the model's card")
     p.set_defaults(func=cmd_cam_eval)
     add_registry_commands(sub)        # models list|promote|rollback, jobs start|status|cancel
-    add_trust_commands(sub)           # set-admin-password, audit export|verify|tail
+    add_trust_commands(sub)           # set-admin-password, unlock-sign-in, audit export|verify|tail
     return ap
 
 

@@ -1,5 +1,6 @@
-"""``python -m pneumo_core set-admin-password`` and ``audit export|verify|tail``; ``cli_audit`` records
-what the CLI does in the same audit log as the app (role ``cli``: whoever has a shell on the server)."""
+"""``python -m pneumo_core set-admin-password``, ``unlock-sign-in`` and ``audit export|verify|tail``;
+``cli_audit`` records what the CLI does in the same audit log as the app (role ``cli``: whoever has a shell
+on the server)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,20 @@ def cmd_set_admin_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_unlock_sign_in(args: argparse.Namespace) -> int:
+    from .throttle import ThrottleError, throttle_path, unlock
+
+    try:
+        n = unlock()
+    except ThrottleError as exc:
+        print(f"pneumo_core: {exc}", file=sys.stderr)
+        cli_audit("unlock_sign_in", "error")
+        return EXIT_FAIL
+    cli_audit("unlock_sign_in", "succeeded", detail=f"{n} clients")
+    print(f"Sign-in backoff cleared for {n} client(s) in {throttle_path()}; every client may try again now.")
+    return EXIT_OK
+
+
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from .audit import events, to_csv
     from .model import atomic_write_bytes
@@ -97,6 +112,10 @@ def add_trust_commands(sub: argparse._SubParsersAction) -> None:
                                      "or $PNEUMO_SECRETS)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
     p.set_defaults(func=cmd_set_admin_password)
+
+    p = sub.add_parser("unlock-sign-in", help="let every client try the admin password again now "
+                                              "(clears the sign-in backoff; $PNEUMO_SIGNIN_DB)")
+    p.set_defaults(func=cmd_unlock_sign_in)
 
     p = sub.add_parser("audit", help="the audit log: export as CSV, verify its hash chain, show the latest events")
     asub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
