@@ -2,17 +2,63 @@
 
 No Streamlit here: the pages keep ``Film`` objects in ``st.session_state`` (see ``films_ui``), so a
 rerun (an opacity slider moved, an operating point changed) reuses what was already computed.
+
+Memory: a film is kept at most ``FILM_SIDE`` pixels a side (float32, full bit depth; decoded to that size,
+never held at full size), and a session keeps at most ``session_pixel_cap()`` pixels of films in all
+(``PNEUMO_SESSION_MPIX`` megapixels, default 64: 256 MB of float32). Films past it are not decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from pneumo_core.errors import UnreadableImageError
 from pneumo_core.explain import Explanation, explain
-from pneumo_core.io import XrayImage, read_xray
+from pneumo_core.io import MAX_PIXELS, XrayImage, read_xray
 from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor
+
+
+FILM_SIDE = 1024                 # longest side a film is kept at: the screen shows 768, the PDF report 1024
+SESSION_MPIX = 64                # default per-session cap on film pixels kept, megapixels
+
+
+def session_pixel_cap() -> int:
+    """Film pixels one session may keep (``PNEUMO_SESSION_MPIX`` megapixels; never below one film)."""
+    try:
+        mpix = float(os.environ.get("PNEUMO_SESSION_MPIX", SESSION_MPIX))
+    except ValueError:
+        mpix = SESSION_MPIX
+    return max(int(mpix * 1_000_000) if mpix > 0 else SESSION_MPIX * 1_000_000, FILM_SIDE * FILM_SIDE)
+
+
+# What one session can make the server hold besides its films (see ``session_memory_bound``).
+DECODE_BYTES_PER_PIXEL = 8       # one film being decoded: Pillow's RGBA buffer and its reduction (measured ~7.7)
+PAGE_ALLOWANCE = 64 * 2**20      # the session's page: rendered images, widgets, results
+
+
+def session_memory_bound(upload_bytes: int) -> int:
+    """The most memory one session should make the server hold, in bytes: its uploaded files twice (Streamlit
+    keeps them; the app reads them during a run), its films (float32 up to ``session_pixel_cap()``), one film
+    being decoded at the reader's pixel cap (``io.MAX_PIXELS``), and an allowance for its page. The server's
+    ceiling is its own base (model and libraries, after a first film) plus this for each concurrent session,
+    ``upload_bytes`` at most the upload caps (``PNEUMO_MAX_BATCH_MB``)."""
+    return 2 * upload_bytes + 4 * session_pixel_cap() + DECODE_BYTES_PER_PIXEL * MAX_PIXELS + PAGE_ALLOWANCE
+
+
+def held_pixels(films: Iterable["Film"]) -> int:
+    return sum(f.image.pixels.size for f in films if f.image is not None)
+
+
+def over_session_cap(name: str, sha: str, held: int, cap: int) -> "Film":
+    """A film not decoded because the session holds its share of pixels already (kept nowhere: it is decoded on
+    a later run once films are removed)."""
+    return Film(name, sha, refused=True, error=f"This session already holds {held / 1e6:,.0f} megapixels of "
+                                              f"films, this server's limit per session is {cap / 1e6:,.0f}. "
+                                              f"Remove some films from the upload (or analyse this one in a "
+                                              f"later batch).")
 
 
 @dataclass(frozen=True)
@@ -42,6 +88,7 @@ class Film:
     sha: str = ""
     image: XrayImage | None = None
     error: str | None = None
+    refused: bool = False            # ``error`` says why the app would not analyse it (a cap, the rate limit)
     rejection: str | None = None
     caution: str | None = None       # analysed, but outside the validated population (e.g. an adult film)
     film_type: str | None = None     # pneumo_core.filmtype.CLASSES; None without a film-type check
@@ -65,12 +112,13 @@ class Film:
         return self.explanations[method]
 
 
-def decode(upload: Upload, predictor: Predictor) -> Film:
-    """Read the upload and run the model's whole check (model-free checks, then its OOD guard if it has one)."""
+def decode(upload: Upload, predictor: Predictor, *, max_side: int = FILM_SIDE) -> Film:
+    """Read the upload (at most ``max_side`` pixels a side) and run the model's whole check (model-free checks,
+    then its OOD guard if it has one)."""
     if upload.refusal:
-        return Film(upload.name, upload.sha, error=upload.refusal)
+        return Film(upload.name, upload.sha, error=upload.refusal, refused=True)
     try:
-        image = read_xray(upload.data, name=upload.name)
+        image = read_xray(upload.data, name=upload.name, max_side=max_side)
     except UnreadableImageError as exc:
         return Film(upload.name, upload.sha, error=str(exc))
     try:

@@ -11,10 +11,11 @@ import streamlit as st
 from pneumo_core.explain import METHODS, Explanation, default_method, overlay
 from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure, outside_detail
 
-from .analysis import Film, Upload, decode
+from .analysis import FILM_SIDE, Film, Upload, decode, held_pixels, over_session_cap, session_pixel_cap
 from .auth_ui import audit_once
+from .client import client_key
 from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
-from .limits import RateLimiter, UploadLimits, admit
+from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
 from .text import card_summary, fmt_pct, metadata_rows, op_description
@@ -28,7 +29,7 @@ METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "
 
 def uploads_ui(label: str, *, key: str, help: str | None = None) -> list[Upload]:
     """Uploaded files as bytes in memory (type sniffed by the core, so no ``type=`` filter); duplicates once.
-    Files past this server's size caps or this session's rate limit come back refused (with the reason)."""
+    Files past this server's size caps or the rate limit come back refused (with the reason)."""
     lim = UploadLimits.from_env()
     files = st.file_uploader(label, accept_multiple_files=True, key=key,
                              help=help or f"Accepted: {ACCEPTED}. Up to {lim.max_file_bytes // 2**20} MB per file "
@@ -45,37 +46,71 @@ def uploads_ui(label: str, *, key: str, help: str | None = None) -> list[Upload]
     return rate_limited(list(uploads.values()), lim)
 
 
+@st.cache_resource
+def _client_rates() -> ClientRates:
+    """One per server process: a client's films count across all its sessions (a reload starts no new quota)."""
+    return ClientRates()
+
+
 def rate_limited(uploads: list[Upload], lim: UploadLimits) -> list[Upload]:
-    """Films this session has not had analysed yet count against its rate limit; those past it are refused
-    for now (and analysed on a later run, once the window has room)."""
-    limiter = st.session_state.get(RATE_KEY)
-    if limiter is None or (limiter.limit, limiter.window_s) != (lim.rate_films, lim.rate_window_s):
-        limiter = st.session_state[RATE_KEY] = RateLimiter(lim.rate_films, lim.rate_window_s)
+    """Films this session has not had analysed yet count against its rate limit and its client's; those past
+    either are held back for now ("limit reached") and analysed on a later run, once the window has room."""
+    session = st.session_state.get(RATE_KEY)
+    if session is None or (session.limit, session.window_s) != (lim.rate_films, lim.rate_window_s):
+        session = st.session_state[RATE_KEY] = RateLimiter(lim.rate_films, lim.rate_window_s)
+    client = _client_rates().get(client_key(), lim.client_films, lim.rate_window_s)
     seen: set[str] = st.session_state.setdefault(SEEN_KEY, set())
     new = [u for u in uploads if not u.refusal and u.sha not in seen]
-    granted = limiter.take(len(new))
+    granted = session.take(client.take(min(len(new), session.room())))
     seen.update(u.sha for u in new[:granted])
     blocked = {u.sha for u in new[granted:]}
     if not blocked:
         return uploads
-    wait = limiter.retry_after()
-    reason = (f"Not analysed: this session's limit of {lim.rate_films} films per {lim.rate_window_s // 60} min "
-              f"is reached. Try again in {max(1, round(wait))} s.")
-    st.warning(f"{len(blocked)} film(s) were not analysed: this session may have {lim.rate_films} films analysed "
-               f"per {lim.rate_window_s // 60} min. They will be analysed when you come back to this page in "
-               f"{max(1, round(wait))} s.", icon=":material/hourglass_top:")
+    wait = f"{max(1, round(max(session.retry_after(), client.retry_after())))} s"
+    reason = f"Limit reached: held back for now ({_rate_text(lim)}). Try again in {wait}."
+    st.warning(f"Limit reached: {len(blocked)} film(s) were held back, not analysed ({_rate_text(lim)}). They will "
+               f"be analysed when you come back to this page in {wait}.", icon=":material/hourglass_top:")
     return [u.refused(reason, retry=True) if u.sha in blocked else u for u in uploads]
+
+
+def _rate_text(lim: UploadLimits) -> str:
+    window = f"{lim.rate_window_s // 60} min" if lim.rate_window_s >= 120 else f"{lim.rate_window_s} s"
+    if lim.client_films == lim.rate_films:
+        return f"this server analyses up to {lim.rate_films} films per {window} for one user"
+    return (f"this server analyses up to {lim.rate_films} films per {window} for one session and "
+            f"{lim.client_films} for one address")
 
 
 def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> list[Film]:
     """Decoded films for these uploads, kept in this session only while they stay uploaded (refused ones are
-    not kept, so a film refused by the rate limit is analysed on a later run)."""
+    not kept, so a film refused by the rate limit is analysed on a later run).
+
+    Films are kept at most ``FILM_SIDE`` a side, and all namespaces of a session together at most
+    ``session_pixel_cap()`` pixels: a new film is decoded only while there is room for one more at full
+    ``FILM_SIDE``; the others get a message and are not kept (decoded on a later run once there is room)."""
     key = f"_films_{namespace}"
     model_key, cached = st.session_state.get(key) or (None, {})
     if model_key != model.key:
         cached = {}
-    films = {u.sha: (None if u.retry else cached.get(u.sha)) or decode(u, model.predictor) for u in uploads}
-    st.session_state[key] = (model.key, {u.sha: films[u.sha] for u in uploads if not u.retry})
+    kept = {u.sha: cached[u.sha] for u in uploads if not u.retry and u.sha in cached}
+    cap = session_pixel_cap()
+    held = held_pixels(kept.values()) + sum(
+        held_pixels(value[1].values()) for name, value in st.session_state.items()
+        if name.startswith("_films_") and name != key and isinstance(value, tuple))
+    films: dict[str, Film] = {}
+    for u in uploads:
+        if u.sha in films:
+            continue
+        film = kept.get(u.sha)
+        if film is None and not u.refusal and held + FILM_SIDE * FILM_SIDE > cap:
+            film = over_session_cap(u.name, u.sha, held, cap)
+        elif film is None:
+            film = decode(u, model.predictor)
+            held += held_pixels([film])
+            if not u.retry:
+                kept[u.sha] = film
+        films[u.sha] = film
+    st.session_state[key] = (model.key, kept)
     return [films[u.sha] for u in uploads]
 
 
@@ -92,6 +127,11 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
     """Error | rejection (with 'analyse anyway') | film, Grad-CAM, probability, warnings, metadata, downloads."""
     with st.container(border=True):
         st.markdown(f"##### {_escape(film.name)}")
+        if film.refused:            # a size cap or the rate limit: the file itself may be fine
+            st.warning(f"**Not analysed.** {_escape(film.error)}", icon=":material/block:")
+            audit_once(("predict", film.sha, "refused"), "predict", "refused", input_sha256=film.sha,
+                       model_version=model.version)
+            return
         if film.error:
             st.error(f"**This file could not be read.** {_escape(film.error)}", icon=":material/block:")
             audit_once(("predict", film.sha, "error"), "predict", "error", input_sha256=film.sha,
@@ -169,7 +209,7 @@ def metadata_ui(film: Film) -> None:
 
 def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveModel, alpha: float,
                  outside: str | None, key: str) -> None:
-    """Overlay PNG and PDF report, built only when clicked (full-resolution film)."""
+    """Overlay PNG and PDF report, built only when clicked (the film as kept: ``FILM_SIDE`` a side at most)."""
     stem = PurePath(film.name).stem or "film"
     full_overlay = lambda: overlay(film.image.pixels, exp.normalised, alpha=alpha)  # noqa: E731
 

@@ -1,13 +1,18 @@
-"""Upload caps and the per-session rate limit (no Streamlit here; ``films_ui`` applies them).
+"""Upload caps and the rate limit (no Streamlit here; ``films_ui`` applies them).
 
 Caps keep one session from filling the server's memory (uploads live in memory); the rate limit keeps
-one session from monopolising the model. Both can be changed per deployment through the environment:
+one user from monopolising the model. It counts films per session and per client (``appkit.client``: the
+connection's address), the latter kept server-wide so a page reload does not start a new quota. Clients
+that share an address (behind a proxy without ``PNEUMO_TRUSTED_PROXY=1``) share the client quota. All can
+be changed per deployment through the environment:
 
   PNEUMO_MAX_FILE_MB      largest single upload (default 64; Streamlit's own cap is server.maxUploadSize)
   PNEUMO_MAX_FILES        films per upload batch (default 250)
   PNEUMO_MAX_BATCH_MB     all films of one batch together (default 512)
   PNEUMO_RATE_FILMS       films a session may have analysed per window (default 300)
   PNEUMO_RATE_WINDOW_S    the window, seconds (default 600)
+  PNEUMO_RATE_CLIENT_FILMS  films one client may have analysed per window, all its sessions together
+                          (default: PNEUMO_RATE_FILMS)
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class UploadLimits:
     max_batch_bytes: int
     rate_films: int
     rate_window_s: int
+    rate_client_films: int | None = None         # None: rate_films
+
+    @property
+    def client_films(self) -> int:
+        return self.rate_client_films or self.rate_films
 
     @classmethod
     def from_env(cls) -> "UploadLimits":
@@ -42,7 +52,8 @@ class UploadLimits:
                    max_files=_env_int("PNEUMO_MAX_FILES", 250),
                    max_batch_bytes=_env_int("PNEUMO_MAX_BATCH_MB", 512) * 2**20,
                    rate_films=_env_int("PNEUMO_RATE_FILMS", 300),
-                   rate_window_s=_env_int("PNEUMO_RATE_WINDOW_S", 600))
+                   rate_window_s=_env_int("PNEUMO_RATE_WINDOW_S", 600),
+                   rate_client_films=_env_int("PNEUMO_RATE_CLIENT_FILMS", 0) or None)
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,13 @@ class RateLimiter:
         while self._times and now - self._times[0] >= self.window_s:
             self._times.popleft()
 
+    def room(self) -> int:
+        """How many films may be analysed now."""
+        now = self.clock()
+        with self._lock:
+            self._trim(now)
+            return max(0, self.limit - len(self._times))
+
     def take(self, n: int) -> int:
         """Reserve up to ``n`` films now; returns how many were granted."""
         now = self.clock()
@@ -113,3 +131,23 @@ class RateLimiter:
             if len(self._times) < self.limit:
                 return 0.0
             return max(0.0, self.window_s - (now - self._times[0]))
+
+
+class ClientRates:
+    """One ``RateLimiter`` per client key, shared by every session of the server (thread-safe). Keys are
+    held in memory only; clients with nothing left in their window are forgotten when there are many."""
+
+    def __init__(self, clock=time.monotonic, max_clients: int = 10_000) -> None:
+        self.clock, self.max_clients = clock, max_clients
+        self._by_client: dict[str, RateLimiter] = {}
+        self._lock = threading.Lock()
+
+    def get(self, client: str, limit: int, window_s: float) -> RateLimiter:
+        with self._lock:
+            limiter = self._by_client.get(client)
+            if limiter is None or (limiter.limit, limiter.window_s) != (limit, window_s):
+                if len(self._by_client) >= self.max_clients:
+                    for key in [k for k, r in self._by_client.items() if r.room() == r.limit]:
+                        del self._by_client[key]
+                limiter = self._by_client[client] = RateLimiter(limit, window_s, clock=self.clock)
+            return limiter

@@ -1,7 +1,8 @@
 """Triage: many uploaded films -> one Record per film, a worklist sorted by probability, CSV export.
 
 The same function serves the Triage page and ``bench/bench_triage.py``. Films are decoded one at a
-time and scored in batches, so memory holds at most one batch of decoded films.
+time, at most ``FILM_SIDE`` a side (as on Predict), and scored in batches, so memory holds at most one
+batch of decoded films.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pneumo_core.errors import UnreadableImageError
 from pneumo_core.io import XrayImage, read_xray
 from pneumo_core.predict import MODEL_ERRORS, Predictor, Record, model_failure, screened_record
 
-from .analysis import Upload
+from .analysis import FILM_SIDE, Upload
 from .images import thumbnail_uri
 
 FLAG_POINT = "high_sensitivity"
@@ -30,6 +31,12 @@ class TriageRow:
     flag: bool                 # probability at or above the flag threshold
     sha: str                   # which upload (for the detail view)
     thumbnail: str = ""        # data-URI PNG; never exported
+    held_back: bool = False    # not analysed: past a size cap or the rate limit (the file may be fine)
+
+    @property
+    def status(self) -> str:
+        """The record's status, or "not analysed" for a film held back by a limit (never "unreadable")."""
+        return "not analysed" if self.held_back else self.record.status
 
     @property
     def outside(self) -> bool:
@@ -73,12 +80,12 @@ def triage(predictor: Predictor, uploads: Sequence[Upload], operating_point: str
     for i, up in enumerate(uploads):
         if up.refusal:
             rows.append(TriageRow(Record(up.name, "error", message=up.refusal, model_version=predictor.version),
-                                  False, up.sha))
+                                  False, up.sha, held_back=True))
             if progress:
                 progress(i + 1, len(uploads))
             continue
         try:
-            image = read_xray(up.data, name=up.name)
+            image = read_xray(up.data, name=up.name, max_side=FILM_SIDE)
         except UnreadableImageError as exc:
             rows.append(TriageRow(Record(up.name, "error", message=str(exc), model_version=predictor.version),
                                   False, up.sha))
@@ -118,7 +125,7 @@ def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
         "probability": [r.record.probability for r in rows],
         "label": [r.record.label or "" for r in rows],
         "film_type": [film_type_text(r.record.film_type) for r in rows],
-        "status": [r.record.status for r in rows],
+        "status": [r.status for r in rows],
         "notes": [" ".join(filter(None, [r.record.message, *r.record.warnings])) for r in rows],
     })
 
@@ -129,5 +136,6 @@ def worklist_csv(rows: Sequence[TriageRow]) -> bytes:
     spreadsheet formula is prefixed with ``'`` (``safe_cell``)."""
     df = pd.DataFrame([{**r.record.to_json(), "flag": r.flag} for r in rows], columns=list(CSV_COLUMNS))
     df["warnings"] = [" | ".join(r.record.warnings) for r in rows]
+    df["status"] = [r.status for r in rows]
     df = df.map(safe_cell)          # a file name such as '=HYPERLINK(...)' stays text in a spreadsheet
     return df.to_csv(index=False, lineterminator=LINE_END).encode("utf-8")

@@ -41,8 +41,8 @@ def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> li
 def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
     """Counts; films outside validated use are counted apart (they are never flagged)."""
     flag_name, flag_thr = flag_threshold(model.predictor, op)
-    counts = {s: sum(r.record.status == s for r in rows) for s in ("ok", "rejected", "error")}
-    cols = st.columns(5)
+    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "rejected", "error", "not analysed")}
+    cols = st.columns(6 if counts["not analysed"] else 5)
     cols[0].metric("Analysed", counts["ok"])
     cols[1].metric("Flagged", sum(r.flag for r in rows),
                    help=f"Films within validated use with a probability at or above the {op_label(flag_name)} "
@@ -52,6 +52,10 @@ def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
                         "film). Listed after the validated films, tinted amber; never flagged.")
     cols[3].metric("Rejected", counts["rejected"], help="Readable, but not a chest film the model can assess.")
     cols[4].metric("Unreadable", counts["error"])
+    if counts["not analysed"]:
+        cols[5].metric("Not analysed", counts["not analysed"],
+                       help="Held back by this server's limits (size caps, films per batch, or the rate limit): "
+                            "the note says which, and when to try again.")
 
 
 def row_tint(row) -> list[str]:

@@ -161,6 +161,7 @@ class RefFilm:
 def choose_films(predictor, folder: Path, n: int, seed: int = 0) -> tuple[list[RefFilm], dict]:
     """``n`` distinct films of ``folder``/{NORMAL,PNEUMONIA}, classes alternating, accepted by the model's
     guard, with distinct displayed probabilities where the folder allows it."""
+    from appkit.analysis import FILM_SIDE
     from appkit.text import fmt_pct
     from pneumo_core.errors import UnreadableImageError
     from pneumo_core.io import read_xray
@@ -184,7 +185,7 @@ def choose_films(predictor, folder: Path, n: int, seed: int = 0) -> tuple[list[R
         counts["examined"] += 1
         data = path.read_bytes()
         try:
-            image = read_xray(data, name=path.name)
+            image = read_xray(data, name=path.name, max_side=FILM_SIDE)     # as the app keeps it
         except UnreadableImageError:
             counts["rejected_or_unreadable"] += 1
             continue

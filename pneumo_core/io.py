@@ -15,7 +15,15 @@ Scaling to [0, 1] (display sense, bright bone):
 
 Caps are checked on headers (file size by stat, Pillow's header-only open,
 DICOM Rows/Columns/frames and the first JPEG/J2K frame header) before any
-pixel is decoded. Every failure is an UnreadableImageError (or subclass) with a
+pixel is decoded. ``read_xray(..., max_side=N)`` keeps at most N pixels on the
+longer side (the app keeps films this way): the film is reduced as early as the
+format allows (a JPEG is decoded at a reduced scale, other Pillow images are
+reduced before any float copy, a DICOM frame right after its pixels are read,
+before the LUTs): the film kept does not grow with the file's size, and the
+decoding peak is about the decoder's own buffer (1-4 bytes a pixel), not float64
+copies of the full film; metadata keeps the file's own width and height.
+
+Every failure is an UnreadableImageError (or subclass) with a
 fixed one-line message: no metadata value, no traceback. Only ALLOWED_METADATA
 is read; DICOM strings are taken from raw element bytes (pydicom's validation
 would echo values into warnings), and pydicom's value validation is turned off
@@ -36,8 +44,9 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 if TYPE_CHECKING:  # pydicom is imported where DICOM is decoded: training machines may lack it
     import pydicom
@@ -209,6 +218,49 @@ def check_size(width: int, height: int) -> None:
                                  f"at least {MIN_SIDE}×{MIN_SIDE} is needed).")
 
 
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down so the longer side is at most ``max_side``, aspect kept, and never below
+    MIN_SIDE a side (an elongated film stays readable); unchanged when it fits or ``max_side`` is None."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max(max_side / max(width, height), min(1.0, MIN_SIDE / max(1, min(width, height))))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit(values: np.ndarray, max_side: int | None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Area-average an H x W (x C) array down to ``fitted_size`` (or to ``size``, width x height); the dtype is
+    kept (integers rounded), so a DICOM frame still goes through its modality and VOI LUTs."""
+    h, w = values.shape[:2]
+    size = size or fitted_size(w, h, max_side)
+    if size == (w, h):
+        return values
+    native = values.dtype in (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+    out = cv2.resize(values if native else values.astype(np.float64), size, interpolation=cv2.INTER_AREA)
+    if out.dtype != values.dtype:
+        out = np.rint(out) if np.issubdtype(values.dtype, np.integer) else out
+        out = out.astype(values.dtype)
+    return out
+
+
+def reduce_pil(im: Image.Image, max_side: int | None) -> Image.Image:
+    """Shrink a decoded Pillow image by the largest whole factor that keeps the longer side at least
+    ``max_side`` (a box filter on the image's own 8/16-bit samples: no float copy of the full film); ``fit``
+    then brings it to ``max_side`` exactly."""
+    w, h = im.size
+    factor = min(max(w, h) // max_side, max(1, min(w, h) // MIN_SIDE)) if max_side else 1
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):                # Pillow cannot reduce these: the samples, resized by OpenCV
+        a = np.asarray(im)
+        return Image.fromarray(fit(a.astype(a.dtype.newbyteorder("="), copy=False), max_side))
+    if im.mode in ("1", "P"):
+        im = im.convert("L" if im.mode == "1" else "RGBA")
+    try:
+        return im.reduce(factor)
+    except ValueError:                            # a mode reduce() does not take
+        return im.convert("RGB").reduce(factor)
+
+
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma (Pillow's convention) of the first three channels, float64."""
     return np.asarray(rgb, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
@@ -245,27 +297,44 @@ def finish(pixels: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- Pillow
 
-def decode_pillow(data: bytes, fmt: str) -> tuple[np.ndarray, dict, list[str]]:
-    """PNG/JPEG/BMP/WebP/TIFF/GIF -> (gray in [0, 1], metadata, warnings)."""
+# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose, which
+# copies the full image first: here only the reduced one is turned).
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+_EXIF_SWAPS = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+               Image.Transpose.ROTATE_90)
+
+
+def decode_pillow(data: bytes, fmt: str, max_side: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
+    """PNG/JPEG/BMP/WebP/TIFF/GIF -> (gray in [0, 1], metadata, warnings); at most ``max_side`` a side."""
     notes: list[str] = []
     with Image.open(BytesIO(data), formats=_PIL_FORMATS[fmt]) as im:
         check_size(*im.size)                      # the header only: nothing decoded yet
+        width, height = im.size
         try:
             if getattr(im, "is_animated", False):
                 notes.append(WARN_FRAMES)
         except Exception:                         # a corrupt 2nd page must not spoil the 1st
             pass
+        if max_side and fmt == "JPEG" and max(width, height) > max_side:
+            im.draft(im.mode, fitted_size(width, height, max_side))     # decoded at 1/2, 1/4 or 1/8 scale
         im.load()
+        bits_1 = im.mode == "1"
         try:
             orientation = im.getexif().get(0x0112, 1)
-            upright = ImageOps.exif_transpose(im)
-            if orientation not in (None, 1):
-                notes.append("Rotated upright according to the EXIF orientation tag.")
         except Exception:
-            upright = im
+            orientation = None
             notes.append("The EXIF orientation tag could not be read; the image is shown as stored.")
+        upright = reduce_pil(im, max_side)        # before any copy of the full film
+        if turn := _EXIF_TURNS.get(orientation):
+            upright = upright.transpose(turn)
+            notes.append("Rotated upright according to the EXIF orientation tag.")
+            if turn in _EXIF_SWAPS:
+                width, height = height, width
         gray, bits = pil_to_unit(upright, notes)
-        meta = {"format": fmt, "width": gray.shape[1], "height": gray.shape[0], "bits_stored": bits}
+        gray = fit(gray, max_side, fitted_size(width, height, max_side))    # exactly as the film's own size gives
+        meta = {"format": fmt, "width": width, "height": height, "bits_stored": 1 if bits_1 else bits}
         if WARN_COLOUR in notes:
             meta["colour_fraction"] = colour_fraction(np.asarray(upright.convert("RGB")), 255)
     return gray, meta, notes
@@ -443,8 +512,9 @@ def apply_voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> tupl
     return values, float(values.min()), float(values.max())
 
 
-def decode_dicom(data: bytes) -> tuple[np.ndarray, dict, list[str]]:
-    """DICOM bytes -> (gray in [0, 1], metadata, warnings)."""
+def decode_dicom(data: bytes, max_side: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
+    """DICOM bytes -> (gray in [0, 1], metadata, warnings); at most ``max_side`` a side (the frame's stored
+    values are area-averaged before the LUTs, as a viewer shows a large film on a small screen)."""
     from pydicom.pixels import pixel_array
     from pydicom.uid import RLELossless
 
@@ -455,7 +525,7 @@ def decode_dicom(data: bytes) -> tuple[np.ndarray, dict, list[str]]:
     bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     # RLE: pydicom's own decoder (pylibjpeg-rle panics, noisily, on some corrupt input).
     plugin = "pydicom" if ds.file_meta.TransferSyntaxUID == RLELossless else ""
-    arr = pixel_array(ds, index=0, decoding_plugin=plugin)      # first frame; YBR -> RGB
+    arr = fit(pixel_array(ds, index=0, decoding_plugin=plugin), max_side)     # first frame; YBR -> RGB
     colour = None
     if arr.ndim == 3:
         notes.append(WARN_COLOUR)
@@ -523,17 +593,20 @@ def parse_age(text: str) -> float | None:
 
 # --------------------------------------------------------------------------- entry point
 
-def read_xray(source: bytes | bytearray | memoryview | str | Path, *, name: str | None = None) -> XrayImage:
+def read_xray(source: bytes | bytearray | memoryview | str | Path, *, name: str | None = None,
+              max_side: int | None = None) -> XrayImage:
     """Decode ``source`` (bytes or a path) into an XrayImage.
 
     The type is sniffed from content, never from ``name`` (which only serves
-    messages). Raises UnreadableImageError (or a subclass) with a one-line
+    messages). ``max_side``: keep at most this many pixels on the longer side
+    (reduced while decoding; ``metadata`` keeps the file's own size); None keeps
+    the full film. Raises UnreadableImageError (or a subclass) with a one-line
     message on anything it cannot or will not read.
     """
     data = load_bytes(source)
     fmt = sniff(data)
     try:
-        gray, meta, notes = decode_dicom(data) if fmt == "DICOM" else decode_pillow(data, fmt)
+        gray, meta, notes = decode_dicom(data, max_side) if fmt == "DICOM" else decode_pillow(data, fmt, max_side)
         pixels = finish(gray)
     except PneumoError:
         raise

@@ -30,11 +30,12 @@ from appkit.limits import RateLimiter, UploadLimits, admit
 from conftest import active_weights_root, copy_model_version, synthetic_film
 from conftest_app_helpers import ADMIN_PASSWORD, set_password, sign_in
 from pneumo_core import audit, registry
-from pneumo_core.auth import (ADMIN, VIEWER, AuthError, LoginThrottle, admin_password_hash, hash_password,
-                              oidc_configured, read_secrets, role_for_user, set_admin_password, verify_password)
+from pneumo_core.auth import (ADMIN, VIEWER, AuthError, admin_password_hash, hash_password, oidc_configured,
+                              read_secrets, role_for_user, set_admin_password, verify_password)
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model
-from test_app import SECRETS, dicom, errors, film, overlays, upload
+from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.throttle import Backoff, SignInThrottle, unlock
+from test_app import SECRETS, dicom, errors, film, overlays, unescaped, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -138,19 +139,27 @@ def test_oidc_roles_come_from_the_admin_list_and_verified_addresses():
     assert not oidc_configured({}) and not oidc_configured({"auth": {"cookie_secret": "x"}})
 
 
-def test_login_throttle_per_session_and_for_the_whole_server():
-    t = LoginThrottle(limit=3, global_limit=5, window_s=60)
+def test_sign_in_backoff_grows_per_client_and_never_slows_another(tmp_path):
+    now = [1000.0]
+    t = SignInThrottle(Backoff(free_tries=3, delay_s=10, max_delay_s=35, forget_s=3600),
+                       path=tmp_path / "t.sqlite3", clock=lambda: now[0])
     for _ in range(3):
-        assert t.wait_s("a", now=0) == 0
-        t.failed("a", now=0)
-    assert t.wait_s("a", now=1) == pytest.approx(59)
-    assert t.wait_s("b", now=1) == 0
-    t.failed("b", now=2)
-    t.failed("c", now=2)
-    assert t.wait_s("d", now=3) == pytest.approx(57)        # five failures server-wide within the window
-    assert t.wait_s("a", now=61) == 0 and t.wait_s("d", now=61) == 0     # the window has passed
-    t.succeeded("a")
-    assert "a" not in t._fails
+        assert t.attempt("ip:10.0.0.1") == 0                 # each try counts until it succeeds
+    assert t.attempt("ip:10.0.0.1") == pytest.approx(10)     # the third failure: wait 10 s (not counted)
+    assert t.attempt("ip:10.0.0.2") == 0                     # another client is not slowed at all
+    now[0] += 10
+    assert t.attempt("ip:10.0.0.1") == 0 and t.wait_s("ip:10.0.0.1") == pytest.approx(20)   # doubled
+    now[0] += 20
+    assert t.attempt("ip:10.0.0.1") == 0 and t.wait_s("ip:10.0.0.1") == pytest.approx(35)   # capped
+    t.succeeded("ip:10.0.0.1")
+    assert t.wait_s("ip:10.0.0.1") == 0
+    assert b"10.0.0" not in (tmp_path / "t.sqlite3").read_bytes()        # clients are stored as keyed hashes
+    assert unlock(tmp_path / "t.sqlite3") == 1 and t.attempt("ip:10.0.0.2") == 0
+    now[0] += 3601                                           # a client's count is forgotten in time
+    for _ in range(3):
+        t.attempt("ip:10.0.0.3")
+    now[0] += 3601
+    assert t.wait_s("ip:10.0.0.3") == 0 and t.attempt("ip:10.0.0.3") == 0
 
 
 # =========================================================================== roles in the app
@@ -449,8 +458,9 @@ def test_oversized_upload_is_refused_with_a_clear_message(weights, monkeypatch):
     monkeypatch.setenv("PNEUMO_MAX_FILE_MB", "1")
     big = film(6, size=96) + b"\0" * (2 * 2**20)
     at = upload(open_app(), ("big.png", big), ("ok.png", film(7)))
-    assert any("too large" in e and "1 MB per file" in e for e in errors(at))
-    assert len(at.metric) == 1
+    assert any("Not analysed" in w and "too large" in w and "1 MB per file" in w
+               for w in (unescaped(w.value) for w in at.warning))
+    assert len(at.metric) == 1 and not errors(at)
 
 
 def test_session_rate_limit_defers_films_until_the_window_has_room(weights, monkeypatch):
@@ -458,14 +468,14 @@ def test_session_rate_limit_defers_films_until_the_window_has_room(weights, monk
     monkeypatch.setenv("PNEUMO_RATE_WINDOW_S", "3")
     at = upload(open_app(), *[(f"{i}.png", film(20 + i)) for i in range(3)])
     assert len(at.metric) == 2
-    assert any("not analysed" in w.value for w in at.warning)
-    assert any("Not analysed" in e for e in errors(at))
+    assert any("Limit reached" in w.value and "held back" in w.value for w in at.warning)
+    assert not errors(at)
     at.run()                                               # the same films: not charged again, still limited
     assert len(at.metric) == 2
     time.sleep(3.2)
     at.run()
     assert len(at.metric) == 3 and not errors(at)
-    other = upload(open_app(), *[(f"{i}.png", film(20 + i)) for i in range(3)])   # another session: its own limit
+    other = upload(open_app(), *[(f"{i}.png", film(20 + i)) for i in range(3)])   # no address: its own limit
     assert len(other.metric) == 2
 
 
@@ -489,7 +499,7 @@ def test_a_card_without_a_weights_sha256_is_refused(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, folder)
     card = json.loads((folder / CARD_FILE).read_text())
     del card["weights"]["sha256"]
-    (folder / CARD_FILE).write_text(json.dumps(card))
+    write_card(folder, card)
     with pytest.raises(ModelLoadError, match="records no sha256"):
         load_model(folder)
 
