@@ -17,7 +17,7 @@ import streamlit as st
 
 from pneumo_core import jobs, registry
 from pneumo_core.data import discover_splits, list_labelled
-from pneumo_core.datacheck import DatasetError, DatasetReport, extract_zip, remove_tree, validate_dataset
+from pneumo_core.datacheck import DatasetError, DatasetReport, extract_zip, validate_dataset
 from pneumo_core.errors import ModelLoadError, PneumoError
 from pneumo_core.model import LABELS, imagenet_weights_path, read_card
 
@@ -28,6 +28,7 @@ from .retrain import (BASE_LABELS, STATUS_WORDS, comparison_frame, comparison_sp
 from .text import op_label
 
 DATA_KEY = "_retrain_data"        # session: the checked data {"kind", "key", "report" | "error", "upload_dir"}
+                                  # (an uploaded archive's folder: a jobs.UploadLease, gone with the session)
 FLASH_KEY = "_retrain_flash"      # session: one message to show after a rerun
 POLL_S = 2.0
 LAYOUT_HELP = ("Class folders NORMAL/ and PNEUMONIA/ with the films, or train/ (and optionally val/, test/, "
@@ -98,7 +99,7 @@ def outside_data_roots(path: str) -> str | None:
 
 def _discard_upload(current: dict | None) -> None:
     if current and current.get("upload_dir"):
-        remove_tree(current["upload_dir"])
+        current["upload_dir"].release()
 
 
 def data_ui() -> dict | None:
@@ -145,13 +146,13 @@ def data_ui() -> dict | None:
             _discard_upload(current)
             dest = None
             try:
-                dest = jobs.new_upload_dir()
+                dest = jobs.UploadLease()       # removed with this session's state (or when replaced)
                 with st.spinner("Unpacking the archive…"):
-                    root = extract_zip(data, dest)
-                current = {"kind": "upload", "key": key, "report": _check(root), "upload_dir": str(dest)}
+                    root = extract_zip(data, dest.path)
+                current = {"kind": "upload", "key": key, "report": _check(root), "upload_dir": dest}
             except (DatasetError, OSError) as exc:
                 if dest is not None:
-                    remove_tree(dest)
+                    dest.release()
                 reason = str(exc) if isinstance(exc, DatasetError) else \
                     f"The archive could not be stored on the server ({exc.strerror or type(exc).__name__})."
                 current = {"kind": "upload", "key": key, "error": reason, "upload_dir": None}

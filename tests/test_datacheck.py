@@ -126,3 +126,36 @@ def test_not_a_zip_and_size_caps(tmp_path, dataset):
         extract_zip(data, tmp_path / "d", max_file_bytes=100)
     assert not any((tmp_path / n).exists() for n in "abcd")
 
+
+
+# --------------------------------------------------------------------------- issue #19, item 7: many-member zip
+
+def test_many_small_members_that_expand_far_beyond_the_archive_are_refused_before_writing(tmp_path):
+    """1 MiB members of zeros pass the per-member ratio check (it looks only above 1 MiB); together they expand
+    hundreds of times. Refused from the archive's directory: nothing is written."""
+    mib = bytes(2**20)
+    data = _zip([(f"{label}/{i:04d}.png", mib) for i in range(32) for label in ("NORMAL", "PNEUMONIA")])
+    assert len(data) < 2**20                                     # 64 MiB unpacked from well under 1 MB
+    dest = tmp_path / "x"
+    with pytest.raises(DatasetError, match="expands to more than .*50 times the archive"):
+        extract_zip(data, dest)
+    assert not dest.exists()
+
+
+def test_total_expansion_is_checked_on_files_and_streams_too(tmp_path):
+    data = _zip([(f"NORMAL/{i}.png", bytes(2**20)) for i in range(8)])
+    (tmp_path / "a.zip").write_bytes(data)
+    for source, dest in ((tmp_path / "a.zip", "p"), (io.BytesIO(data), "s")):
+        with pytest.raises(DatasetError, match="expands to more than"):
+            extract_zip(source, tmp_path / dest)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+def test_member_count_default_is_far_below_a_hundred_thousand(tmp_path):
+    from pneumo_core.datacheck import ZIP_MAX_FILES
+
+    assert ZIP_MAX_FILES <= 20_000
+    data = _zip([(f"NORMAL/{i}.png", b"") for i in range(ZIP_MAX_FILES + 1)], zipfile.ZIP_STORED)
+    with pytest.raises(DatasetError, match=f"at most {ZIP_MAX_FILES:,} are accepted"):
+        extract_zip(data, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
