@@ -8,6 +8,7 @@ action (a button's callback re-checks: a stale page or a hand-made request gets 
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 import secrets as _secrets
 import time
@@ -211,7 +212,7 @@ def _try_password() -> None:
         audit_event("sign_in", "error", role=VIEWER, actor=VIEWER, detail="throttle unavailable")
         return
     if wait > 0:
-        st.session_state["_auth_msg"] = f"Too many failed attempts from here. Try again in {wait:.0f} s."
+        st.session_state["_auth_msg"] = f"Too many failed attempts from here. Try again in {math.ceil(wait)} s."
         audit_event("sign_in", "throttled", role=VIEWER, actor=VIEWER)
         return
     try:
@@ -238,7 +239,7 @@ def _next_try(who: str) -> str:
         wait = _throttle().wait_s(who)
     except ThrottleError:
         return ""
-    return f" Too many failed attempts from here: wait {wait:.0f} s before the next try." if wait > 0 else ""
+    return f" Too many failed attempts from here: wait {math.ceil(wait)} s before the next try." if wait > 0 else ""
 
 
 def _sign_out() -> None:
