@@ -11,7 +11,8 @@ from appkit.sidebar import sidebar_ui
 st.set_page_config(page_title="Pneumonia decision support", page_icon="🫁", layout="wide")
 
 role = signin_gate()                                  # stops here until an OIDC sign-in, when OIDC is configured
-nav = st.navigation(app_pages(admin=role == ADMIN))   # viewers: Predict, Triage, Metrics; admins: + Retrain, Audit
+nav = st.navigation(app_pages(admin=role == ADMIN))   # menu: Predict, Triage, Metrics; admins: + Retrain, Audit
+                                                      # (a viewer's direct URL reaches the admin page's refusal)
 sidebar_ui()                                          # before the page runs, so the operating point is set for it
 account_sidebar_ui()
 mark_app_frame()

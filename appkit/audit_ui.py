@@ -13,8 +13,12 @@ from pneumo_core.auth import VIEWER
 
 from .auth_ui import admin_credential, admin_refusal_now, current, session_id
 
-SHOWN = ("time", "role", "actor", "action", "result", "model_version", "operating_point", "threshold",
-         "probability", "input_sha256", "detail", "session", "id")
+SHOWN = {"time": "Time (UTC)", "role": "Role", "actor": "Account", "action": "Action", "result": "Result",
+         "model_version": "Model version", "operating_point": "Operating point", "threshold": "Threshold",
+         "probability": "Probability", "input_sha256": "Input sha256", "detail": "Detail", "session": "Session",
+         "id": "Event"}                          # the log's columns shown, with their headers
+NUMBERS = ("threshold", "probability", "id")
+TABLE_KEY = "audit_table"
 MAX_ROWS = 5000
 
 
@@ -61,14 +65,48 @@ def table_ui(filters: dict[str, Any]) -> list[dict[str, Any]]:
     if not rows:
         st.info("No events match.")
         return rows
-    df = pd.DataFrame(rows[:MAX_ROWS], columns=list(audit.COLUMNS))[list(SHOWN)]
-    st.dataframe(df, hide_index=True, width="stretch",
-                 column_config={"probability": st.column_config.NumberColumn(format="%.3f"),
-                                "threshold": st.column_config.NumberColumn(format="%.3f")})
+    df = table_frame(rows[:MAX_ROWS])
+    # The table offers no CSV of its own (client.disableDataExport in .streamlit/config.toml): the export
+    # below is the only one, and it is audited.
+    event = st.dataframe(df, hide_index=True, width="stretch", key=TABLE_KEY, on_select="rerun",
+                         selection_mode="single-row", placeholder="",
+                         column_config={SHOWN["probability"]: st.column_config.NumberColumn(format="%.3f"),
+                                        SHOWN["threshold"]: st.column_config.NumberColumn(format="%.3f"),
+                                        SHOWN["id"]: st.column_config.NumberColumn(format="%d")})
     more = f" (the newest {MAX_ROWS:,} shown; the export has all)" if len(rows) > MAX_ROWS else ""
-    st.caption(f"{len(rows):,} events{more}, newest first. No patient names, IDs, dates or file names are "
-               f"recorded: a film is identified only by the sha256 of its bytes.")
+    st.caption(f"{len(rows):,} events{more}, newest first. Select a row for its full sha256 and detail. No "
+               f"patient names, IDs, dates or file names are recorded: a film is identified only by the sha256 "
+               f"of its bytes.")
+    picked = event.selection.rows if event else []
+    if picked and picked[0] < len(df):
+        _event_detail_ui(rows[picked[0]])
     return rows
+
+
+def table_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The shown columns under readable headers; times to the second; empty text cells blank, not "None"."""
+    df = pd.DataFrame(rows, columns=list(audit.COLUMNS))[list(SHOWN)]
+    df["time"] = df["time"].map(_to_second)
+    text = [c for c in SHOWN if c not in NUMBERS]
+    df[text] = df[text].astype(object).where(df[text].notna(), "")
+    return df.rename(columns=SHOWN)
+
+
+def _to_second(stamp: Any) -> str:
+    """'2026-12-02T13:45:01.123+00:00' -> '2026-12-02 13:45:01' (the log's times are UTC)."""
+    try:
+        return datetime.fromisoformat(str(stamp)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(stamp or "")
+
+
+def _event_detail_ui(row: dict[str, Any]) -> None:
+    """The selected event's long fields in full (the table cuts them to the column width)."""
+    st.markdown(f"##### Event {row['id']}: {row['action']}, {row['result']}, {_to_second(row['time'])} UTC")
+    st.caption("Input sha256")
+    st.code(row.get("input_sha256") or "(none)", language=None)
+    st.caption("Detail")
+    st.code(row.get("detail") or "(none)", language=None, wrap_lines=True)
 
 
 def export_ui(rows: list[dict[str, Any]], filters: dict[str, Any]) -> None:

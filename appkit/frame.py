@@ -16,19 +16,18 @@ RETRIED_KEY = "_app_frame_retried"
 
 
 def app_pages(admin: bool) -> list:
-    """The app's pages (paths relative to app.py); app.py passes them to st.navigation. Admin pages are
-    listed for admins only (and check the role themselves too, see ``auth_ui.require_admin_page``)."""
-    pages = [
+    """The app's pages (paths relative to app.py); app.py passes them to st.navigation. Admin pages are in the
+    menu for admins only; for anyone else they are registered but hidden, so that a bookmark or a typed URL
+    reaches the page, which refuses them itself with a "for administrators" page and an audit event (see
+    ``auth_ui.require_admin_page``) instead of Streamlit's "Page not found"."""
+    shown = "visible" if admin else "hidden"
+    return [
         st.Page("pages/predict.py", title="Predict", icon=":material/radiology:", default=True),
         st.Page("pages/triage.py", title="Triage", icon=":material/format_list_numbered:"),
         st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
+        st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:", visibility=shown),
+        st.Page("pages/audit.py", title="Audit log", icon=":material/policy:", visibility=shown),
     ]
-    if admin:
-        pages += [
-            st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
-            st.Page("pages/audit.py", title="Audit log", icon=":material/policy:"),
-        ]
-    return pages
 
 
 def mark_app_frame() -> None:

@@ -3,12 +3,38 @@ through the sidebar form, as a person would."""
 
 from __future__ import annotations
 
+import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from appkit.auth_ui import PASSWORD_KEY
 from pneumo_core.auth import set_admin_password
 
 ADMIN_PASSWORD = "correct horse battery staple"
+_MENU: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def record_menu(monkeypatch):
+    """Autouse where imported: records the page titles that app.py's ``st.navigation`` shows in the menu. AppTest
+    only knows the registered pages, and a viewer's admin pages are registered too (hidden), so that a direct URL
+    reaches their "for administrators" page."""
+    real = st.navigation
+
+    def navigation(pages, **kwargs):
+        if kwargs.get("position", "sidebar") != "hidden":        # not the frame's own rerun (appkit/frame.py)
+            _MENU[:] = [p.title for p in pages if p.visibility == "visible"]
+        return real(pages, **kwargs)
+
+    monkeypatch.setattr(st, "navigation", navigation)
+    _MENU.clear()
+    yield
+    _MENU.clear()
+
+
+def menu_titles() -> list[str]:
+    """The titles in the navigation menu of the app's last run (needs ``record_menu``)."""
+    return list(_MENU)
 
 
 def set_password(password: str = ADMIN_PASSWORD) -> None:

@@ -90,8 +90,10 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
 
 
 def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_path):
-    """A viewer who types /retrain on a freshly started server gets no admin widget; the admin password
-    typed into the sidebar opens Retrain and the Audit log; the audit log records both, without names."""
+    """A viewer who types /retrain on a freshly started server gets the "for administrators" page (not
+    Streamlit's "Page not found"), no admin widget and no admin page in the menu, and the refusal is audited
+    (issue #17, item 5); the admin password typed into the sidebar opens Retrain and the Audit log; the audit
+    log records both, without names."""
     require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
@@ -99,6 +101,7 @@ def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_
     from pneumo_core import audit
 
     set_password()
+    ARTIFACTS.mkdir(exist_ok=True)
     proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
     try:
         with sync_playwright() as p:
@@ -106,10 +109,12 @@ def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1600})
                 page.goto(f"{url}/retrain", wait_until="domcontentloaded")     # the first request of the server
-                expect(page.get_by_text("Upload one or several frontal chest radiographs", exact=False).or_(
-                    page.get_by_text("for administrators", exact=False)).first).to_be_visible(timeout=90_000)
+                expect(page.get_by_text("This page is for administrators", exact=False)).to_be_visible(
+                    timeout=90_000)
                 viewer_body = page.inner_text("body")
                 sidebar = page.locator('[data-testid="stSidebar"]')
+                viewer_menu = sidebar.locator('[data-testid="stSidebarNav"]').inner_text()
+                page.screenshot(path=str(ARTIFACTS / "browser_viewer_refused.png"), full_page=True)
                 sidebar.get_by_text("Admin sign-in").click()
                 sidebar.get_by_label("Admin password").fill(ADMIN_PASSWORD)
                 sidebar.get_by_role("button", name="Sign in").click()
@@ -123,6 +128,10 @@ def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_
     finally:
         stop_streamlit(proc)
     assert "Start training" not in viewer_body and "Model versions" not in viewer_body
-    assert "Traceback" not in viewer_body
-    actions = [(e["action"], e["result"]) for e in audit.events(newest_first=False)]
+    assert "Traceback" not in viewer_body and "Page not found" not in viewer_body
+    assert "Predict" in viewer_menu and "Retrain" not in viewer_menu and "Audit log" not in viewer_menu
+    events = audit.events(newest_first=False)
+    actions = [(e["action"], e["result"]) for e in events]
     assert ("sign_in", "succeeded") in actions
+    refused = [(e["role"], e["detail"]) for e in events if (e["action"], e["result"]) == ("open_page", "denied")]
+    assert refused == [("viewer", "retrain")]

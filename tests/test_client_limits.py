@@ -13,7 +13,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest_app_helpers import ADMIN_PASSWORD, set_password, sign_in
+from conftest_app_helpers import ADMIN_PASSWORD, record_menu, set_password, sign_in  # noqa: F401 (autouse)
 from test_app import errors, film, texts, unescaped, upload
 from test_trust import APP, _cli, _clear_caches, events, nav_titles, open_app, weights  # noqa: F401 (fixture)
 

@@ -141,3 +141,30 @@ def test_add_version_arrives_whole_never_active_and_never_overwrites(root, tiny_
     with pytest.raises(ModelLoadError):
         registry.add_version(broken, root)
     assert not (root / "v9").exists()
+
+
+def test_versions_made_on_a_server_are_ignored_by_git_and_the_shipped_one_is_not():
+    """Issue #17, item 7: a job's new version (and the promote history) never show up as untracked files; the
+    shipped version and weights/ACTIVE stay tracked."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root, capture_output=True)
+        assert r.returncode in (0, 1), r.stderr
+        return r.returncode == 0
+
+    from pneumo_core.integrity import SHIPPED_CARDS
+
+    [shipped] = SHIPPED_CARDS
+    for path in (f"weights/{shipped}/model.safetensors", f"weights/{shipped}/card.json",
+                 f"weights/{shipped}/evaluation/val.json", "weights/ACTIVE"):
+        assert not ignored(path), path
+    for path in ("weights/20990101-000000/model.safetensors", "weights/20990101-000000/card.json",
+                 "weights/active_history.json", "weights/.jobs/x/state.json", "weights/.registry.lock",
+                 "weights/.incoming-1/card.json"):
+        assert ignored(path), path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -28,7 +29,7 @@ from streamlit.testing.v1 import AppTest
 from appkit.frame import RETRIED_KEY
 from appkit.limits import RateLimiter, UploadLimits, admit
 from conftest import active_weights_root, copy_model_version, synthetic_film
-from conftest_app_helpers import ADMIN_PASSWORD, set_password, sign_in
+from conftest_app_helpers import ADMIN_PASSWORD, menu_titles, record_menu, set_password, sign_in  # noqa: F401
 from pneumo_core import audit, registry
 from pneumo_core.auth import (ADMIN, VIEWER, AuthError, admin_password_hash, hash_password, oidc_configured,
                               read_secrets, role_for_user, set_admin_password, verify_password)
@@ -68,9 +69,9 @@ def open_app(page: str | None = None, *, user: dict | None = None) -> AppTest:
     return at
 
 
-def nav_titles(at: AppTest) -> list[str]:
-    """The pages st.navigation offered this session (AppTest's record of the registration)."""
-    return [info["page_name"] for info in at._registered_pages.values()]
+def nav_titles(at: AppTest) -> list[str]:   # noqa: ARG001 (the last run is this session's)
+    """The pages in this session's navigation menu (hidden ones, registered for a direct URL, left out)."""
+    return menu_titles()
 
 
 def events(**kw) -> list[dict]:
@@ -165,11 +166,19 @@ def test_sign_in_backoff_grows_per_client_and_never_slows_another(tmp_path):
 # =========================================================================== roles in the app
 
 def test_viewer_sees_no_admin_page_and_a_direct_open_is_refused(weights):
+    """Issue #17, item 5: a viewer's direct URL (a bookmark, a typed /retrain) gets the page's "for administrators"
+    refusal, written to the audit log, not Streamlit's "Page not found"; the menu still lists no admin page."""
     set_password()
     at = open_app()
     assert nav_titles(at) == ["Predict", "Triage", "Metrics"]
-    with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("pages/retrain.py")
+    for page in ("retrain", "audit"):           # a direct URL within the app: the page is found, and refuses
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("for administrators" in e for e in errors(at))
+        assert not [b for b in at.button if b.key and b.key.startswith(("retrain_", "audit_"))] and not at.dataframe
+        assert not at.get("download_button") and not at.title
+        assert nav_titles(at) == ["Predict", "Triage", "Metrics"]
+        assert any(t.key == "_admin_password" for t in at.sidebar.text_input)     # and where to sign in
     for page in ("retrain", "audit"):           # the page file run on its own, as a direct URL on a fresh server
         alone = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=180)
         alone.session_state[RETRIED_KEY] = True     # past the frame's rerun through app.py (which needs a server)
@@ -179,7 +188,7 @@ def test_viewer_sees_no_admin_page_and_a_direct_open_is_refused(weights):
         assert not [b for b in alone.button if b.key and b.key.startswith("retrain_")] and not alone.dataframe
     denied = [e for e in events() if e["action"] == "open_page"]
     assert [(e["role"], e["result"], e["detail"]) for e in denied] == [(VIEWER, "denied", "retrain"),
-                                                                      (VIEWER, "denied", "audit")]
+                                                                      (VIEWER, "denied", "audit")] * 2
 
 
 def test_no_admin_sign_in_without_a_password_set(weights):
@@ -274,6 +283,43 @@ def test_audit_export_rechecks_the_role_when_it_runs(weights, monkeypatch):
     with pytest.raises(PermissionError, match="admin session ended"):
         left_open()
     assert [e["result"] for e in events() if e["action"] == "export_audit"][-1] == "denied"
+
+
+def test_audit_table_is_readable_and_its_only_csv_is_the_logged_export(weights):
+    """Issue #17, item 6: readable headers, blank empty cells, times to the second, the full sha256 and detail of
+    the selected row, and no CSV download of the table's own beside the logged export."""
+    import tomllib
+
+    set_password()
+    sha = hashlib.sha256(b"a film").hexdigest()
+    long_detail = "job 20990101-000000-aaaaaa; base active; 12 epochs at 224 px; " + "x" * 120
+    audit.record("predict", role=VIEWER, actor=VIEWER, result="PNEUMONIA", probability=0.8125, input_sha256=sha,
+                 model_version="base", operating_point="balanced", threshold=0.5)
+    audit.record("start_training", role=ADMIN, actor="local-admin", result="succeeded", detail=long_detail)
+    at = sign_in(open_app(), ADMIN_PASSWORD)
+    at.switch_page("pages/audit.py").run()
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["Time (UTC)", "Role", "Account", "Action", "Result", "Model version",
+                                   "Operating point", "Threshold", "Probability", "Input sha256", "Detail",
+                                   "Session", "Event"]
+    predict = table[table.Action == "predict"].iloc[0]
+    assert predict["Input sha256"] == sha and predict.Probability == pytest.approx(0.8125)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", predict["Time (UTC)"])       # no microseconds
+    assert predict.Detail == "" and table[table.Action == "start_training"].iloc[0]["Model version"] == ""
+    assert not table.isin(["None"]).any().any()
+    assert at.dataframe[0].proto.placeholder == ""                  # empty numbers blank too, not a grey "None"
+    assert not at.code                                              # nothing selected yet
+    at.session_state["audit_table"] = {"selection": {"rows": [list(table.Action).index("predict")], "columns": [],
+                                                     "cells": []}}
+    at.run()
+    assert [c.value for c in at.code][:1] == [sha]                  # the full sha256 of the selected event
+    at.session_state["audit_table"] = {"selection": {"rows": [list(table.Action).index("start_training")],
+                                                     "columns": [], "cells": []}}
+    at.run()
+    assert any(c.value == long_detail for c in at.code)
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["disableDataExport"] is True             # the table's own CSV download is off
+    assert [b.label for b in at.get("download_button")] == ["Export CSV"]
 
 
 def test_admin_promote_and_rollback_are_audited_with_versions(weights, tiny_model_dir):
