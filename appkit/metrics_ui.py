@@ -7,7 +7,10 @@ from typing import Any, Mapping
 import pandas as pd
 import streamlit as st
 
+from pneumo_core import evaluate as ev
+
 from . import charts
+from .promotion import threshold_warning
 from .text import SPLIT_ORDER, film_type_rows, film_type_summary, fmt_ci, guard_summary, op_label, split_description
 
 HEADLINE = (("auc", "AUC"), ("pr_auc", "PR-AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
@@ -34,16 +37,45 @@ def provenance_ui(evals: Mapping[str, Any], splits: list[str], card: Mapping[str
                    f"95% confidence intervals: {ci_method or 'bootstrap'}.")
 
 
+def ece_repaired(artifact: Mapping[str, Any], rep: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``rep`` with its ECE and interval recomputed (bias-corrected, ``ev.report``'s method) from the artifact's
+    saved per-film scores when an artifact from before that method holds an ECE outside its own interval (a
+    plug-in ECE with a percentile interval); anything else unchanged."""
+    value, ci = rep.get("ece"), (rep.get("ci95") or {}).get("ece") or [None, None]
+    scores = artifact.get("scores") or {}
+    if "ece_method" in rep or value is None or None in ci or ci[0] <= value <= ci[1] or not scores.get("label"):
+        return rep
+    fixed, interval = ev.ece_with_interval(scores["label"], scores["probability"])
+    return {**rep, "ece": fixed, "ci95": {**rep["ci95"], "ece": interval},
+            "ece_method": ev.ECE_METHOD + "; recomputed here from the saved per-film scores"}
+
+
 def headline_ui(evals: Mapping[str, Any], splits: list[str], op: str) -> None:
     table = {}
+    repaired = []
     for split in splits:
         rep = charts.report_at(evals[split], op)
+        if (fixed := ece_repaired(evals[split], rep)) is not rep:
+            rep = fixed
+            repaired.append(f"{split}/")
         ci = rep.get("ci95") or {}
         table[f"{split}/ (n={rep.get('n', evals[split].get('n'))})"] = [fmt_ci(rep.get(k), ci.get(k)) for k, _ in HEADLINE]
     threshold = charts.report_at(evals[splits[0]], op).get("threshold")
     st.markdown(f"**At the {op_label(op)} operating point** (threshold {threshold:.3f}); value (95% CI)"
                 if threshold is not None else f"**At the {op_label(op)} operating point**")
     st.table(pd.DataFrame(table, index=[label for _, label in HEADLINE]))
+    if repaired:
+        st.caption(f"ECE on {', '.join(repaired)}: the saved value lay outside its own saved interval (an older, "
+                   f"biased method), so value and interval are recomputed here from the saved per-film scores: "
+                   f"{ev.ECE_METHOD}.")
+
+
+def threshold_note_ui(card: Mapping[str, Any], evals: Mapping[str, Any]) -> None:
+    """A warning when the operating points were fitted on too few films of a class to rely on."""
+    if why := threshold_warning(card, evals=evals):
+        st.warning(f"**These thresholds are unreliable.** {why} Treat the operating points as provisional, and "
+                   f"recalibrate on more films: `python -m pneumo_core calibrate --model DIR --data DIR`.",
+                   icon=":material/warning:")
 
 
 def sweep_ui(evals: Mapping[str, Any], splits: list[str], thresholds: Mapping[str, float]) -> None:

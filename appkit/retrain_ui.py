@@ -362,6 +362,9 @@ def job_result_ui(job: jobs.Job, op: str) -> None:
         if comparison.get("active_error"):
             notes.append(f"The active model could not be evaluated: {comparison['active_error']}")
         st.caption(" ".join(n for n in notes if n))
+    verdict, words = promotion.verdict_text(comparison)
+    {"better": st.success, "worse": st.error, "too few": st.warning}.get(verdict, st.info)(
+        words, icon=":material/balance:")
     if job.history:
         with st.expander("Training curves"):
             st.plotly_chart(charts.history_figure(job.history), width="stretch", key=f"job_curves_{job.id}")
@@ -369,9 +372,36 @@ def job_result_ui(job: jobs.Job, op: str) -> None:
     if registry.active_name() == version:
         st.info(f"{version} is the active model.", icon=":material/verified:")
     else:
-        st.button(f"Promote {version} to active", type="primary", key="retrain_promote_new",
-                  icon=":material/upgrade:", on_click=_promote, args=(version,),
-                  help="Every page and the CLI use it from their next run; rollback returns to the current one.")
+        promote_ui(version, "retrain_promote_new", f"Promote {version} to active", primary=verdict == "better",
+                   help="Every page and the CLI use it from their next run; rollback returns to the current one.")
+
+
+CONFIRM_SUFFIX = "_confirm"
+
+
+def _concerns(version: str) -> list[tuple[str, str]]:
+    """Why the evidence cannot support promoting ``version`` now (``promotion.concerns``), read from disk."""
+    folder = registry.weights_root() / version
+    try:
+        card = read_card(folder)
+    except ModelLoadError:
+        return []                       # registry.promote refuses it, with the reason
+    return promotion.concerns(_comparison(version), card, folder, active=registry.active_name())
+
+
+def promote_ui(version: str | None, key: str, label: str, *, primary: bool = False, help: str = "") -> None:
+    """A promote button; when the evidence cannot support the promotion, the reasons and a confirmation box
+    first (the button stays disabled until it is ticked, and the reasons go into the audit log)."""
+    reasons = _concerns(version) if version else []
+    confirmed = True
+    if reasons:
+        st.warning(f"**The evidence cannot support promoting {version}.**\n\n"
+                   + "\n".join(f"- {text}" for _, text in reasons), icon=":material/warning:")
+        confirmed = st.checkbox(f"Promote {version} anyway: I have read why. The promotion is recorded with these "
+                                f"reasons in the audit log.", key=key + CONFIRM_SUFFIX)
+    st.button(label, type="primary" if primary and not reasons else "secondary", key=key,
+              disabled=version is None or not confirmed, icon=":material/upgrade:", on_click=_promote,
+              args=(version, key + CONFIRM_SUFFIX), help=help)
 
 
 def _guard_notice(version: str) -> None:
@@ -407,11 +437,17 @@ def _cancel(job_id: str) -> None:
     audit_event("cancel_training", "succeeded", detail=f"job {job_id}")
 
 
-def _promote(version: str | None) -> None:
+def _promote(version: str | None, confirm_key: str | None = None) -> None:
     if not version:
         return
     if refused := require_admin_action("promote"):
         flash(f"**Not promoted.** {refused}", error=True)
+        return
+    reasons = [short for short, _ in _concerns(version)]      # again from disk: the page may be stale
+    if reasons and not (confirm_key and st.session_state.get(confirm_key)):
+        audit_event("promote", "denied", model_version=version, detail="not confirmed: " + "; ".join(reasons))
+        flash(f"**Not promoted.** The evidence cannot support promoting {version} ({'; '.join(reasons)}): "
+              f"tick the confirmation first.", error=True)
         return
     try:
         before = registry.promote(version)
@@ -419,7 +455,9 @@ def _promote(version: str | None) -> None:
         audit_event("promote", "failed", model_version=version, detail=str(exc)[:200])
         flash(f"**Not promoted.** {exc}", error=True)
         return
-    audit_event("promote", "succeeded", model_version=version, detail=f"was {before}" if before else None)
+    detail = "; ".join(([f"was {before}"] if before else [])
+                       + (["confirmed despite: " + "; ".join(reasons)] if reasons else []))
+    audit_event("promote", "succeeded", model_version=version, detail=detail or None)
     flash(f"{version} is now the active model" + (f" (was {before})." if before else "."))
 
 
@@ -450,11 +488,15 @@ def versions_ui(op: str) -> None:
                f"on other films are evaluated on other films, so compare them on the same data (the job comparison).")
     left, right = st.columns(2)
     others = [v.name for v in versions if not v.active and not v.problem]
+    if st.session_state.get(PICK_KEY) not in others:   # a keyed selectbox keeps its old value when its options change
+        if others:                                     # (e.g. None from before a job added a version)
+            st.session_state[PICK_KEY] = others[0]
+        else:
+            st.session_state.pop(PICK_KEY, None)
     with left:
-        chosen = st.selectbox("Version", others, key="retrain_version_pick", disabled=not others,
+        chosen = st.selectbox("Version", others, key=PICK_KEY, disabled=not others,
                               placeholder="no other version")
-        st.button("Promote", key="retrain_promote", disabled=chosen is None, icon=":material/upgrade:",
-                  on_click=_promote, args=(chosen,), help="Checks the version's weights, then makes it active.")
+        promote_ui(chosen, "retrain_promote", "Promote", help="Checks the version's weights, then makes it active.")
     with right:
         previous = [v for v in registry.read_history()["previous"] if v != registry.active_name()]
         target = previous[-1] if previous else None

@@ -5,7 +5,7 @@ import streamlit as st
 from appkit import charts
 from appkit.frame import require_app_frame
 from appkit.metrics_ui import (calibration_note_ui, card_ui, explain_ui, headline_ui, provenance_ui, splits_ui,
-                               sweep_ui)
+                               sweep_ui, threshold_note_ui)
 from appkit.model import evaluation, operating_point, require_model
 
 require_app_frame()
@@ -24,6 +24,7 @@ splits = splits_ui(evals)
 chosen = {s: evals[s] for s in splits}
 provenance_ui(evals, splits, model.card)
 headline_ui(evals, splits, op)
+threshold_note_ui(model.card, evals)
 
 roc_tab, cm_tab, cal_tab, sweep_tab, cam_tab, train_tab, card_tab = st.tabs(
     ["ROC and PR", "Confusion matrix", "Calibration", "Threshold sweep", "Grad-CAM", "Training", "Model card"])

@@ -105,3 +105,27 @@ def paired_auc(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_boot: int = 200
     return {"delta_auc": safe_auc(y, np.asarray(a, float)) - safe_auc(y, np.asarray(b, float)),
             "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
             "p_better": float((d > 0).mean()), "resamples": int(len(d))}
+
+
+VERDICTS = ("better", "not distinguishable", "worse")
+
+
+def paired_verdict(y: np.ndarray, new: np.ndarray, active: np.ndarray, *, n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """The new model against the active one on the same films: ``paired_auc`` (new minus active) with a plain
+    verdict, "better" or "worse" only when the whole 95% interval of the AUC difference is on one side of zero,
+    and whether the films are enough to act on (``evaluate.too_few_films``). With fewer than two films of a
+    class the AUCs are undefined: the verdict is None."""
+    from .evaluate import too_few_films
+
+    y = np.asarray(y).astype(int)
+    n_normal, n_pneumonia = int((y == 0).sum()), int((y == 1).sum())
+    out: dict[str, Any] = {"n_normal": n_normal, "n_pneumonia": n_pneumonia,
+                           "enough": not too_few_films(n_normal, n_pneumonia),
+                           "method": f"paired bootstrap over the same films ({n_boot} resamples) of the AUC "
+                                     f"difference, new minus active"}
+    if min(n_normal, n_pneumonia) < 2:
+        return {**out, "verdict": None}
+    result = paired_auc(y, new, active, n_boot=n_boot, seed=seed)
+    lo, hi = result["ci95"]
+    return {**out, **result, "verdict": "better" if lo > 0 else "worse" if hi < 0 else "not distinguishable"}

@@ -66,6 +66,39 @@ def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
     return float(total / len(y))
 
 
+def _ece_rows(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """``ece`` of each row of resampled labels and probabilities (n_boot x n), vectorised: a bin's weighted
+    gap, count x |mean(y) - mean(p)|, is |sum(y - p)| over its films."""
+    rows, n = y.shape
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1) + n_bins * np.arange(rows)[:, None]
+    sums = np.bincount(bins.ravel(), weights=(y - p).ravel(), minlength=rows * n_bins).reshape(rows, n_bins)
+    return np.abs(sums).sum(1) / n
+
+
+ECE_METHOD = ("bootstrap bias-corrected (2 x sample ECE - mean of the resamples' ECE, not below 0), "
+              "normal interval (value +- 1.96 x the resamples' SD, not below 0)")
+
+
+def ece_corrected(value: float, draws: np.ndarray, level: float = 0.95) -> tuple[float, list[float]]:
+    """ECE with its sampling bias removed, and a 95% interval that contains it.
+
+    The plug-in ECE is biased upwards (each bin's |observed - predicted| gap picks up sampling noise, even
+    for a perfectly calibrated model), and a resample's ECE is biased again on top of that, so the
+    percentile interval of the resamples can lie entirely above the sample's own value. The bootstrap
+    estimate of the bias is mean(draws) - value (Efron & Tibshirani 1993, ch. 10); subtracting it gives the
+    corrected value, and the normal interval around it (its half-width from the resamples' spread) holds
+    it by construction. ECE cannot be negative, so both are clipped at 0."""
+    from scipy.stats import norm
+
+    draws = np.asarray(draws, float)
+    draws = draws[np.isfinite(draws)]
+    if not len(draws) or not math.isfinite(value):
+        return value, [None, None]
+    corrected = max(0.0, 2.0 * value - float(draws.mean()))
+    half = float(norm.ppf((1 + level) / 2)) * float(draws.std(ddof=1)) if len(draws) > 1 else 0.0
+    return corrected, [max(0.0, corrected - half), corrected + half]
+
+
 def reliability(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, list]:
     """Per-bin mean predicted probability, observed frequency and count (for the calibration plot)."""
     y, p = np.asarray(y, float), np.asarray(p, float)
@@ -102,16 +135,31 @@ def rank_auc(pos: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def ece_with_interval(y: np.ndarray, p: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, list[float | None]]:
+    """The bias-corrected ECE and its interval alone (what ``report`` gives, for the same resamples)."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    return ece_corrected(ece(y, p), _ece_rows(y[idx].astype(float), p[idx]), level)
+
+
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, list[float | None]]:
-    """Percentile bootstrap over films: a 95% CI for each metric of ``point_metrics``.
+    """Percentile bootstrap over films: a 95% CI for each metric of ``point_metrics``, except ECE, whose
+    interval is that of the bias-corrected ECE (``ece_corrected``; ``report`` gives that value).
 
     Vectorised over resamples: counts by numpy, AUC by the rank (Mann-Whitney) identity,
     which equals scikit-learn's roc_auc_score, ties included."""
+    return _bootstrap(y, p, threshold, n_boot=n_boot, seed=seed, level=level)[1]
+
+
+def _bootstrap(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int, seed: int,
+               level: float) -> tuple[float | None, dict[str, list[float | None]]]:
+    """(bias-corrected ECE, the intervals of ``bootstrap_ci``) from one set of resamples."""
     y, p = np.asarray(y).astype(int), np.asarray(p, float)
     n = len(y)
     if n == 0 or n_boot <= 0:
-        return {}
+        return None, {}
     idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
     yb, pb = y[idx], p[idx]
     pos, called = yb == 1, pb >= threshold
@@ -130,28 +178,33 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int 
             "precision": prec,
             "npv": npv,
             "f1": 2 * prec * sens / (prec + sens),
-            "ece": np.array([ece(a, b) for a, b in zip(yb, pb)]),
         }
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     out: dict[str, list[float | None]] = {}
     for k, arr in draws.items():
         arr = arr[np.isfinite(arr)]
         out[k] = [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))] if len(arr) else [None, None]
-    return out
+    corrected, out["ece"] = ece_corrected(ece(y, p), _ece_rows(yb.astype(float), pb), level)
+    return corrected, out
 
 
 def report(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The evaluate contract: n, every metric as a number, ``ci95`` per metric, threshold, confusion."""
     y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    points = point_metrics(y, p, threshold)
+    corrected, ci = _bootstrap(y, p, threshold, n_boot=n_boot, seed=seed, level=0.95)
+    if corrected is not None:           # the value its interval is built around (plug-in kept beside it)
+        points.update(ece=corrected, ece_plugin=points["ece"])
     return {
         "n": int(len(y)),
         "n_normal": int((y == 0).sum()),
         "n_pneumonia": int((y == 1).sum()),
-        **_nan_to_none(point_metrics(y, p, threshold)),
+        **_nan_to_none(points),
         "threshold": float(threshold),
         "confusion": confusion(y, p, threshold),
-        "ci95": bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed),
-        "ci_method": f"percentile bootstrap over films, {n_boot} resamples",
+        "ci95": ci,
+        "ci_method": f"percentile bootstrap over films, {n_boot} resamples (ECE: bias-corrected, normal interval)",
+        "ece_method": ECE_METHOD,
     }
 
 
@@ -171,6 +224,17 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
     res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
     return float(math.exp(res.x))
+
+
+# Below this many films of either class, a threshold fitted on them or a comparison made on them is too noisy
+# to act on (20 films gave AUC '1.000 (1.000–1.000)' and a threshold of 0.175): pages say so and ask for a
+# confirmation, written to the audit log, before such a model is promoted.
+MIN_FILMS_PER_CLASS = 50
+
+
+def too_few_films(n_normal: int | None, n_pneumonia: int | None) -> bool:
+    """True when either class has fewer than MIN_FILMS_PER_CLASS films (an unknown count is not too few)."""
+    return any(n is not None and n < MIN_FILMS_PER_CLASS for n in (n_normal, n_pneumonia))
 
 
 SENSITIVITY_FLOOR = 0.93          # the screening point's sensitivity must hold ...
@@ -213,7 +277,8 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str, n_boot
     ``balanced``: the median over resamples of the maximal-Youden-J threshold (the plain maximum on
     one sample jumps between neighbouring films).
     ``threshold_spread_90``: 5th-95th percentile, over resamples, of the threshold each rule picks on
-    that resample alone; ``*_90``: of sensitivity and specificity at the chosen threshold."""
+    that resample alone; ``*_90``: of sensitivity and specificity at the chosen threshold; ``films``: how
+    many films of each class the rules saw (``too_few_films`` says when that is too few to rely on)."""
     y, p = np.asarray(y).astype(int), np.asarray(p, float)
     rng = np.random.default_rng(seed)
     pos = p[y == 1]
@@ -244,6 +309,7 @@ def choose_operating_points(y: np.ndarray, p: np.ndarray, *, source: str, n_boot
                                        f"the balanced threshold", per_draw)):
         m = threshold_metrics(confusion(y, p, t))
         points[name] = {"threshold": t, "rule": rule, "chosen_on": source,
+                        "films": {"normal": len(i_neg), "pneumonia": len(i_pos)},
                         "sensitivity": m["sensitivity"], "specificity": m["specificity"],
                         "threshold_spread_90": q(spread), **_spread(y, p, t, idx)}
     return points

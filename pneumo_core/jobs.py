@@ -789,5 +789,32 @@ def _compare(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Map
             return out
         for split, folder in folders.items():
             _log(f"evaluating the active model on {split}/")
-            out["splits"][split]["active"] = evaluate_points(predictor, folder, n_boot=n_boot)
+            scores = score_folder(predictor, folder)
+            out["splits"][split]["active"] = evaluate_points(predictor, folder, n_boot=n_boot, scores=scores)
+            out["splits"][split]["paired"] = _paired(model_dir, split, scores, predictor.temperature, n_boot)
+        fitted = str(out["calibrated_on"] or "").rstrip("/")
+        order = sorted(folders, key=lambda s: (s == fitted, ("test", "external", "val").index(s)))
+        out["decision_split"] = order[0] if order else None
     return out
+
+
+def _paired(model_dir: Path, split: str, active, temperature: float, n_boot: int) -> dict[str, Any]:
+    """The new model's saved per-film probabilities on ``split`` (from its calibration on the same data)
+    against the active model's ``active`` scores, film by film (matched by class and file name)."""
+    import numpy as np
+
+    from .candidates import paired_verdict
+    from .evaluate import sigmoid
+    from .validation import EVAL_DIR
+
+    try:
+        saved = _read_json(model_dir / EVAL_DIR / f"{split}.json")["scores"]
+        new = {(f, int(y)): float(p) for f, y, p in zip(saved["file"], saved["label"], saved["probability"])}
+    except (KeyError, TypeError):
+        return {"verdict": None, "error": f"the new model's per-film scores on {split}/ are missing"}
+    keys = list(zip(active.files, active.labels.tolist()))
+    if set(keys) != set(new) or len(keys) != len(new):
+        return {"verdict": None, "error": f"the two models were not scored on the same films of {split}/"}
+    y = np.asarray(active.labels, int)
+    return paired_verdict(y, np.array([new[k] for k in keys]), sigmoid(active.logits / temperature),
+                          n_boot=max(n_boot, 200))

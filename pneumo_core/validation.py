@@ -79,10 +79,12 @@ def evaluate_folder(predictor: Predictor, folder: str | Path, operating_point: s
     return out
 
 
-def evaluate_points(predictor: Predictor, folder: str | Path, *, n_boot: int = 1000) -> dict[str, Any]:
+def evaluate_points(predictor: Predictor, folder: str | Path, *, n_boot: int = 1000,
+                    scores: FolderScores | None = None) -> dict[str, Any]:
     """Summaries (metrics with 95% CIs) at each of the model's operating points on one labelled folder,
-    scoring the films once; the model's own temperature and thresholds are used."""
-    scores = score_folder(predictor, folder)
+    scoring the films once (or using ``scores`` already made by this predictor on it); the model's own
+    temperature and thresholds are used."""
+    scores = scores if scores is not None else score_folder(predictor, folder)
     probs = ev.sigmoid(scores.logits / predictor.temperature)
     out: dict[str, Any] = {name: _summary(ev.report(scores.labels, probs, thr, n_boot=n_boot))
                            for name, thr in predictor.operating_points().items()}

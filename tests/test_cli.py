@@ -111,6 +111,8 @@ def test_evaluate_writes_contract_json(tiny_model_dir, synthetic_data, tmp_path,
     assert rep["n"] == 16
     for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece"):
         assert k in rep and len(rep["ci95"][k]) == 2
+    for k, (lo, hi) in rep["ci95"].items():             # every value inside its own interval (issue 17: ECE)
+        assert rep[k] is None or lo is None or lo - 1e-9 <= rep[k] <= hi + 1e-9, (k, rep[k], lo, hi)
     c = rep["confusion"]
     assert c["tp"] + c["fp"] + c["tn"] + c["fn"] == 16
     card = json.loads((tiny_model_dir / "card.json").read_text())
