@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -155,5 +156,14 @@ def history_figure(history: Sequence[Mapping[str, Any]]) -> go.Figure:
             fig.add_scatter(x=epochs, y=values, mode="lines+markers", name=key.replace("_", " "),
                             line=dict(color=colour(split), dash=dash), row=1, col=2)
     fig = _layout(fig, "", "", "", height=380)
-    fig.update_xaxes(title="Epoch")
+    # Fixed ranges: with one epoch plotly's autorange centres the lone point (an AUC axis from 0 to 2,
+    # epochs 0.8 … 1.2). AUC stays inside [0, 1]; epochs are whole numbers.
+    last = max([e for e in epochs if isinstance(e, (int, float))] or [1])
+    fig.update_xaxes(title="Epoch", tickmode="linear", tick0=1, dtick=max(1, math.ceil(last / 10)),
+                     tickformat="d", range=[0.5, last + 0.5])
+    aucs = [v for tr in fig.data[1:] for v in tr.y if isinstance(v, (int, float)) and math.isfinite(v)]
+    low = max(0.0, math.floor((min(aucs, default=0.5) - 0.05) * 10) / 10)
+    fig.update_yaxes(range=[low, 1.0], row=1, col=2)
+    losses = [v for v in fig.data[0].y if isinstance(v, (int, float)) and math.isfinite(v)]
+    fig.update_yaxes(range=[0, max(losses, default=1.0) * 1.1 or 1.0], row=1, col=1)
     return fig

@@ -21,15 +21,17 @@ from pneumo_core.datacheck import DatasetError, DatasetReport, extract_zip, vali
 from pneumo_core.errors import ModelLoadError, PneumoError
 from pneumo_core.model import LABELS, imagenet_weights_path, read_card
 
-from . import charts
+from . import charts, promotion
 from .auth_ui import audit_event, require_admin_action
 from .retrain import (BASE_LABELS, STATUS_WORDS, comparison_frame, comparison_splits, counts_frame, fmt_duration,
-                      progress, unreadable_frame, versions_frame)
+                      phase_text, progress, time_left_text, unreadable_frame, versions_frame)
 from .text import op_label
 
 DATA_KEY = "_retrain_data"        # session: the checked data {"kind", "key", "report" | "error", "upload_dir"}
                                   # (an uploaded archive's folder: a jobs.UploadLease, gone with the session)
 FLASH_KEY = "_retrain_flash"      # session: one message to show after a rerun
+SEEN_JOB_KEY = "_retrain_seen_job"  # session: (id, finished) of the latest job when this session last drew the page
+FOLDER_KEY, PICK_KEY = "retrain_folder", "retrain_version_pick"
 POLL_S = 2.0
 LAYOUT_HELP = ("Class folders NORMAL/ and PNEUMONIA/ with the films, or train/ (and optionally val/, test/, "
                "external/) each holding them. Without val/, a tenth of train/ is held out for validation.")
@@ -102,6 +104,17 @@ def _discard_upload(current: dict | None) -> None:
         current["upload_dir"].release()
 
 
+def reset_after_job(job: jobs.Job | None) -> None:
+    """Once a job has started or ended (here, in another session or from the CLI), the data checked before it
+    are stale: the next job starts from an empty form (no folder, no report, Start disabled)."""
+    seen = (job.id, job.finished) if job else None
+    before = st.session_state.get(SEEN_JOB_KEY, seen)
+    st.session_state[SEEN_JOB_KEY] = seen
+    if before != seen:
+        _discard_upload(st.session_state.pop(DATA_KEY, None))     # this session's own archive, not the job's
+        st.session_state[FOLDER_KEY] = ""
+
+
 def data_ui() -> dict | None:
     """The training data, checked: ``{"report", "upload_dir"}`` or None (with the reason on the page)."""
     kind = st.radio("Training data", ["folder", "upload"], horizontal=True, key="retrain_source",
@@ -109,7 +122,7 @@ def data_ui() -> dict | None:
                     help=LAYOUT_HELP)
     current = st.session_state.get(DATA_KEY)
     if kind == "folder":
-        path = st.text_input("Folder", key="retrain_folder", placeholder="/srv/films/our-hospital",
+        path = st.text_input("Folder", key=FOLDER_KEY, placeholder="/srv/films/our-hospital",
                              help=LAYOUT_HELP + " Checked when you press Enter.").strip()
         if current and current["kind"] == "upload":
             _discard_upload(current)
@@ -190,39 +203,51 @@ def _active_version() -> str | None:
 
 
 def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
-    """Base model, hyperparameters and device, with an estimate of the time the job will take."""
+    """Base model, hyperparameters and device, with an estimate of the time the job will take. The settings
+    start from what suits this server (``jobs.proposed_job``): without a GPU a fine-tune that ends in
+    minutes, with one the full recipe."""
     active = _active_version()
     bases = (["active"] if active else []) + ["imagenet", "scratch"]
+    kind = "cpu" if _gpu_name() is None else "cuda"
+    proposed, proposal, proposal_est = jobs.proposed_job(report, kind)
+    _proposal_ui(kind, proposed, proposal, proposal_est, active)
     base = st.radio("Start from", bases, key="retrain_base", horizontal=True,
+                    index=bases.index(proposed) if proposed in bases else 0,
                     format_func=lambda b: BASE_LABELS[b] + (f" ({active})" if b == "active" else ""),
                     help="Fine-tuning keeps what the active model learned and adapts it to these films (fast, "
                          "needs fewer films). ImageNet or scratch start over and need more films and epochs.")
     if base == "imagenet" and not imagenet_weights_path().is_file():
         st.warning(f"ImageNet weights are not cached on this server ({imagenet_weights_path().name}); a job "
                    f"started from them will fail at once. Fine-tune the active model or start from scratch.")
-    d = jobs.default_config(base)
+    d = proposal if base == proposed else jobs.default_config(base)
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", 1, 200, int(d["epochs"]), key=f"retrain_epochs_{base}",
                              help="Passes over the training films. The epoch with the best validation AUC is kept, "
                                   "so more epochs cost time, rarely quality.")
-    lr = c2.select_slider("Learning rate", LR_OPTIONS, value=d["lr"], key=f"retrain_lr_{base}",
+    lr = c2.select_slider("Learning rate", LR_OPTIONS, value=min(LR_OPTIONS, key=lambda v: abs(v - d["lr"])),
+                          key=f"retrain_lr_{base}",
                           format_func=lambda v: f"{v:.0e}",
                           help="Peak step size (after a one-epoch warm-up, then cosine decay). Lower for "
                                "fine-tuning, so the model does not forget what it knew.")
-    batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=[16, 32, 64, 128, 256].index(d["batch_size"]),
+    batches = [16, 32, 64, 128, 256]
+    batch = c3.selectbox("Batch size", batches,
+                         index=batches.index(d["batch_size"]) if d["batch_size"] in batches else 2,
                          key=f"retrain_batch_{base}",
                          help="Films per step. Lower it if the job runs out of memory.")
     size = c1.number_input("Image size (px)", 32, 512, int(d["image_size"]), 16, key=f"retrain_size_{base}",
                            help="Films are resized to this square. The active model uses "
                                 f"{jobs.default_config('active')['image_size']} px; smaller is faster, larger "
                                 "sees more detail.")
-    augment = c2.selectbox("Augmentation", ["strong", "mild", "none"], key=f"retrain_aug_{base}",
+    augments = ["strong", "mild", "none"]
+    augment = c2.selectbox("Augmentation", augments, key=f"retrain_aug_{base}",
+                           index=augments.index(d["augment"]) if d.get("augment") in augments else 0,
                            help="Random crops, rotations, brightness and contrast changes while training, so the "
                                 "model does not learn one site's exposure. Keep it on unless the data are huge.")
     with c3.popover("More settings"):
         mixup = st.number_input("Mixup α", 0.0, 1.0, float(d["mixup_alpha"]), 0.05, key=f"retrain_mixup_{base}",
                                 help="Blends pairs of films and labels; 0 turns it off.")
-        cap = st.number_input("At most this many films per split (0 = all)", 0, 1_000_000, 0, 50,
+        cap = st.number_input("At most this many films per split (0 = all)", 0, 1_000_000,
+                              int(d.get("max_images") or 0), 50,
                               key=f"retrain_cap_{base}", help="For a quick trial run of the whole pipeline.")
         seed = st.number_input("Random seed", 0, 2**31 - 1, int(d["seed"]), key=f"retrain_seed_{base}",
                                help="Same data, settings and seed give the same model.")
@@ -237,6 +262,21 @@ def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
         text + (" Consider fewer epochs, a smaller image size or a cap on films." if seconds > 2 * 3600 else ""),
         icon=":material/schedule:")
     return base, config
+
+
+def _proposal_ui(kind: str, base: str, config: dict[str, Any], est: jobs.Estimate, active: str | None) -> None:
+    """One line: what the settings below propose for this server, and how long it would take."""
+    if kind == "cpu" and base == "active":
+        cap = f", at most {config['max_images']:,} films per split" if config.get("max_images") else ""
+        st.info(f"**Proposed for this server (no GPU): a fine-tune of {active}** at its input size "
+                f"({config['image_size']} px), {config['epochs']} epoch(s){cap}, learning rate "
+                f"{config['lr']:.0e}: **about {fmt_duration(est.seconds)}** in all. Training from ImageNet or "
+                f"from scratch on a CPU takes hours.", icon=":material/speed:")
+    else:
+        st.info(f"**Proposed: the full recipe** ({BASE_LABELS[base].lower()}, {config['epochs']} epochs at "
+                f"{config['image_size']} px, learning rate {config['lr']:.0e}): **about "
+                f"{fmt_duration(est.seconds)}** in all" + (" on the GPU." if kind == "cuda" else "."),
+                icon=":material/speed:")
 
 
 @st.cache_resource(show_spinner=False)
@@ -307,16 +347,20 @@ def job_progress_ui(job_id: str) -> None:
     if job.finished:
         st.rerun()                                  # the whole page: show the result
     p = progress(job)
-    st.markdown(f"**{STATUS_WORDS.get(job.status, job.status)}:** {job.state.get('phase', '')}")
+    step = f" ({p['step']})" if p["step"] and p["step"] != p["phase"] else ""
+    st.markdown(f"**{STATUS_WORDS.get(job.status, job.status)}:** {p['phase'] or job.state.get('phase', '')}{step}")
     st.caption(_job_caption(job))
-    st.progress(p["fraction"], text=f"Epoch {p['epoch']} of {p['epochs']}")
+    st.progress(min(1.0, p["fraction"]), text=phase_text(p))
     cols = st.columns(4)
     cols[0].metric("Epoch", f"{p['epoch']} / {p['epochs']}")
     cols[1].metric("Training loss", "–" if p["loss"] is None else f"{p['loss']:.4f}")
     cols[2].metric(p["metric_name"].replace("auc", "AUC"), "–" if p["metric"] is None else f"{p['metric']:.3f}")
-    cols[3].metric("Time left", fmt_duration(p["eta_s"]),
-                   help="Training time left from the measured pace; evaluation follows (usually shorter)."
-                   if job.history else "Estimated before the first epoch; refined once it ends.")
+    estimate = (job.spec.get("estimate") or {}).get("seconds")
+    cols[3].metric("Time left", time_left_text(p),
+                   help="The whole job (training, calibration, the guard and the comparison): what is left of this "
+                        "phase plus the estimates of the next ones, scaled by the pace so far"
+                        + (f"; {fmt_duration(estimate)} were estimated in all." if estimate else ".")
+                        + (" This phase is taking longer than estimated." if p["overrun"] else ""))
     if job.history:
         st.plotly_chart(charts.history_figure(job.history), width="stretch", key=f"job_chart_{job.id}")
     if (job.dir / jobs.CANCEL).exists():

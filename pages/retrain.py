@@ -6,29 +6,43 @@ import streamlit as st
 from appkit.auth_ui import require_admin_page
 from appkit.frame import require_app_frame
 from appkit.model import OP_KEY
-from appkit.retrain_ui import data_ui, job_progress_ui, job_result_ui, settings_ui, show_flash, start_ui, versions_ui
+from appkit.retrain_ui import (data_ui, job_progress_ui, job_result_ui, reset_after_job, settings_ui, show_flash,
+                               start_ui, versions_ui)
 from pneumo_core import jobs
+
+SECTION_KEY = "_retrain_section_running"     # session: whether the last run showed a running job
 
 require_app_frame()
 require_admin_page("retrain")
 st.title("Retrain")
 st.caption("Train a new model version on your own films. The active model keeps serving every page until you "
            "promote the new one, and a failed or cancelled job never touches it.")
-show_flash()
+with st.container():                      # one slot, message or not: what follows keeps its place
+    show_flash()
 op = st.session_state.get(OP_KEY) or "balanced"
 jobs.remove_stale_uploads()
 
 job = jobs.latest_job()
-if job is not None and not job.finished:
-    st.subheader("Training in progress")
-    job_progress_ui(job.id)
-else:
-    if job is not None:
-        job_result_ui(job, op)
-    st.subheader("New training job")
-    data = data_ui()
-    base, config = settings_ui(data["report"]) if data else (None, None)
-    start_ui(data, base, config)
+reset_after_job(job)
+# The job section is one slot. When it switches between a running job and the settings (a job started or
+# ended), the slot is emptied first: otherwise the previous run's widgets stay on screen, greyed, beside the
+# new section until this run ends.
+running = job is not None and not job.finished
+slot = st.empty()
+if st.session_state.get(SECTION_KEY, running) != running:
+    slot.empty()
+st.session_state[SECTION_KEY] = running
+with slot.container():
+    if running:
+        st.subheader("Training in progress")
+        job_progress_ui(job.id)
+    else:
+        if job is not None:
+            job_result_ui(job, op)
+        st.subheader("New training job")
+        data = data_ui()
+        base, config = settings_ui(data["report"]) if data else (None, None)
+        start_ui(data, base, config)
 
 st.divider()
 versions_ui(op)

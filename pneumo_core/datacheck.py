@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import stat
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class DatasetReport:
     unreadable: tuple[tuple[str, str], ...] = ()      # (split/CLASS/file, reason)
     problems: tuple[str, ...] = ()                    # reasons to refuse
     warnings: tuple[str, ...] = ()
+    read_s: float | None = None                       # CPU seconds to decode one film, measured by the check
 
     @property
     def ok(self) -> bool:
@@ -71,15 +73,16 @@ class DatasetReport:
         return {"counts": self.counts, "n_unreadable": len(self.unreadable), "warnings": list(self.warnings)}
 
 
-def _readable(path: Path) -> str | None:
-    """None when ``path`` decodes as a film, else the reason it does not."""
+def _readable(path: Path) -> tuple[str | None, float]:
+    """(None when ``path`` decodes as a film, else the reason it does not; the CPU seconds it took)."""
+    t = time.thread_time()
     try:
         read_xray(path, name=path.name)
-        return None
+        return None, time.thread_time() - t
     except UnreadableImageError as exc:
-        return str(exc)
+        return str(exc), 0.0
     except OSError as exc:
-        return f"Cannot open the file ({exc.strerror or 'I/O error'})."
+        return f"Cannot open the file ({exc.strerror or 'I/O error'}).", 0.0
 
 
 def validate_dataset(root: str | Path, *, min_train_per_class: int = MIN_TRAIN_PER_CLASS,
@@ -98,8 +101,10 @@ def validate_dataset(root: str | Path, *, min_train_per_class: int = MIN_TRAIN_P
     done = 0
     counts = {name: {label: 0 for label in LABELS} for name in lists}
     unreadable = []
+    cpu_s = 0.0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for (name, f, y), reason in zip(jobs, pool.map(lambda j: _readable(j[1]), jobs)):
+        for (name, f, y), (reason, spent) in zip(jobs, pool.map(lambda j: _readable(j[1]), jobs)):
+            cpu_s += spent
             if reason is None:
                 counts[name][LABELS[y]] += 1
             else:
@@ -126,7 +131,9 @@ def validate_dataset(root: str | Path, *, min_train_per_class: int = MIN_TRAIN_P
         warnings.append(f"{len(unreadable)} unreadable file(s) will be skipped.")
     if train and max(train.values()) > 10 * max(1, min(train.values())):
         warnings.append(f"Strong class imbalance in train/ ({_fmt(train)}); the loss reweights the classes.")
-    return DatasetReport(root, counts, tuple(unreadable), tuple(problems), tuple(warnings))
+    readable = sum(sum(c.values()) for c in counts.values())
+    return DatasetReport(root, counts, tuple(unreadable), tuple(problems), tuple(warnings),
+                         read_s=cpu_s / readable if readable else None)
 
 
 def _fmt(counts: dict[str, int]) -> str:

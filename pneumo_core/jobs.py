@@ -4,7 +4,8 @@ A job is a folder ``<jobs root>/<id>/`` (default ``weights/.jobs/``, or ``$PNEUM
 
     spec.json     what to do (data folder, base model, training config), written once by the launcher
     worker.json   the worker's pid and process start time, written once by the launcher
-    state.json    status, phase, per-epoch progress, message, result; written (atomically) by the worker
+    state.json    status, phase (of ``PHASES``, with its own progress and each finished phase's seconds),
+                  per-epoch progress, message, result; written (atomically) by the worker
     log.txt       the worker's output (kept whatever happens)
     cancel        present once someone asked to cancel
     upload/ view/ model/   temporary data and the model being built; removed when the job ends
@@ -34,7 +35,7 @@ import threading
 import time
 import traceback
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,10 +58,24 @@ WORKER_NICE = 5              # training yields the CPU to people using the app (
 UNCHANGED = "The active model is unchanged."
 _CHILDREN: dict[str, subprocess.Popen] = {}      # workers this process started (reaped when polled)
 
-# Reference training throughput of DenseNet-121 at 224 px, used until this machine has measured its own:
-# 2 CPU cores ~12 img/s (~40 img/s at 128 px), an H100 ~1,500 img/s with GPU-side augmentation.
-CPU_REF_IMG_S_224_PER_2_CORES = 12.0
+# Reference training throughput of DenseNet-121 at 224 px on an H100 (~1,500 img/s with GPU-side augmentation),
+# used until the machine has measured its own.
 GPU_REF_IMG_S_224 = 1500.0
+# What each step of a job costs on a 2-core CPU without bf16 (this machine, idle; bench/train_throughput.py,
+# bench/cpu_latency.py and bench/job_estimate.py): seconds per image at (64 px, 128 px) for a training step
+# (fp32 + channels_last, batch 32) and a batched forward pass; seconds to decode one clinic film on one core
+# (used when the data check did not measure it); fixed costs in seconds; the guard's feature pass relative to
+# a plain forward pass; the film-type check's forward passes per film, its fitting, and its leave-one-source-
+# out evaluation. Fitted to the phase times of bench/job_estimate.py's three jobs on this machine (the first
+# rates, from the throughput benches, left training ~3x and the guard ~3.5x too fast).
+CPU_COST: dict[str, Any] = {"start": 8.0, "load": 2.0, "read": 0.012, "train": (0.036, 0.10),
+                            "infer": (0.008, 0.022), "features": 3.3, "bootstrap": 4.0, "negatives": 57,
+                            "type_passes": 3.0, "type_fit": 10.0, "type_loso": 26.0}
+# The phases of a job, in order: (key, what the page calls it).
+PHASES = (("preparing", "starting and decoding the films"), ("training", "training"),
+          ("calibrating", "calibrating and evaluating the new model"),
+          ("guard", "fitting the out-of-distribution guard and the film-type check"),
+          ("comparing", "comparing with the active model on the same films"))
 
 
 class JobError(PneumoError, RuntimeError):
@@ -311,6 +326,53 @@ def default_config(base: str, root: str | Path | None = None) -> dict[str, Any]:
     return cfg
 
 
+CPU_FINE_TUNE_BUDGET_S = 15 * 60     # without a GPU, the proposed job should end within this
+CPU_FINE_TUNE_EPOCHS = (5, 4, 3, 2, 1)
+RECIPE_FIELDS = ("epochs", "lr", "batch_size", "image_size", "augment", "mixup_alpha")
+
+
+def proposed_job(report: DatasetReport, device_kind: str, root: str | Path | None = None, *,
+                 jobs_root: str | Path | None = None,
+                 budget_s: float = CPU_FINE_TUNE_BUDGET_S) -> tuple[str, dict[str, Any], Estimate]:
+    """What to propose for these data on this server: (base, config, its estimate).
+
+    With a GPU: the full recipe, the one the active version was trained with (its card's epochs, learning
+    rate, batch, input size, augmentation), from ImageNet weights when they are cached, else from scratch.
+    Without one: a fine-tune of the active version at its own input size, gentle (lr 1e-4), with as many
+    epochs (5 down to 1) as fit ``budget_s`` by ``estimate_phases``, and if one epoch does not fit, a cap
+    on films per split, halved until it does (a trial run; at least 50 films). Without an active version,
+    the full recipe's defaults from scratch."""
+    from .model import imagenet_weights_path
+
+    weights = Path(root) if root else weights_root()
+    try:
+        active_dir = active_model_dir(weights)
+        active = read_card(active_dir)
+    except ModelLoadError:
+        active_dir, active = None, None
+    base_size = int((active or {}).get("input", {}).get("size") or 0) or None
+    if device_kind == "cuda" or active is None:
+        base = "imagenet" if imagenet_weights_path().is_file() else "scratch"
+        cfg = default_config(base, weights)
+        recipe = (active or {}).get("training") or {}
+        cfg.update({k: recipe[k] for k in RECIPE_FIELDS if recipe.get(k) is not None})
+        cfg = _check_config(cfg)
+        return base, cfg, estimate_phases(report, cfg, device_kind, root=jobs_root, base_size=base_size)
+    cfg = {**default_config("active", weights), "lr": 1e-4}
+    est = None
+    for epochs in CPU_FINE_TUNE_EPOCHS:
+        cfg["epochs"] = epochs
+        est = estimate_phases(report, cfg, device_kind, root=jobs_root, base_size=base_size)
+        if est.seconds <= budget_s:
+            return "active", cfg, est
+    cap = max(report.n_train, 100)
+    while cap > 50 and est.seconds > budget_s:
+        cap = max(50, cap // 2)
+        cfg["max_images"] = cap
+        est = estimate_phases(report, cfg, device_kind, root=jobs_root, base_size=base_size)
+    return "active", cfg, est
+
+
 def _check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     from .train import TrainConfig
 
@@ -458,16 +520,20 @@ def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str
         if upload_dir is not None:
             os.replace(upload_dir, job_dir / "upload")
             data_dir = job_dir / "upload" / data_dir.relative_to(upload_dir)
-        seconds, basis = estimate_seconds(report, cfg, device_kind(cfg.get("device", "auto")), root=root)
+        est = estimate_phases(report, cfg, device_kind(cfg.get("device", "auto")), root=root,
+                              base_size=_base_size(base_info))
         spec = {"id": job_id, "created": _now(), "data_dir": str(data_dir),
-                "estimate": {"seconds": round(seconds), "basis": basis},
+                "estimate": {"seconds": round(est.seconds), "basis": est.basis,
+                             "phases": {k: round(v, 1) for k, v in est.phases.items()},
+                             "reference": {k: round(v, 1) for k, v in est.reference.items()}},
                 "data_source": "upload" if upload_dir is not None else "server folder",
                 "data_name": "uploaded archive" if upload_dir is not None else data_dir.name,
                 "data": report.summary(), "base": base_info, "config": cfg, "bootstrap": int(bootstrap),
                 "weights_root": str(weights.resolve())}
         atomic_write_json(job_dir / SPEC, spec)
-        atomic_write_json(job_dir / STATE, {"status": "starting", "phase": "starting", "created": spec["created"],
-                                            "history": [], "message": "Starting the training process…"})
+        atomic_write_json(job_dir / STATE, {"status": "starting", "created": spec["created"], "history": [],
+                                            "message": "Starting the training process…",
+                                            **phase_fields("preparing", time.time())})
         try:
             with open(job_dir / LOG, "ab") as log:
                 proc = subprocess.Popen(
@@ -485,6 +551,22 @@ def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str
         info = _proc_info(proc.pid)
         atomic_write_json(job_dir / WORKER, {"pid": proc.pid, "start": info[1] if info else None})
     return _load(job_dir)
+
+
+def _active_path() -> str | None:
+    try:
+        return str(active_model_dir())
+    except ModelLoadError:
+        return None
+
+
+def _base_size(base_info: Mapping[str, Any]) -> int | None:
+    """Input size of the model a job is compared with (it scores the same films at its own size)."""
+    folder = base_info.get("path") or (base_info.get("compare_with") or {}).get("path")
+    try:
+        return int(read_card(folder)["input"]["size"]) if folder else None
+    except (ModelLoadError, KeyError, TypeError, ValueError):
+        return None
 
 
 def cancel_job(job_id: str, root: str | Path | None = None) -> Job:
@@ -516,40 +598,148 @@ def measured_throughput(device_kind: str, image_size: int = 224,
     return None
 
 
-def estimate_seconds(report: DatasetReport, config: Mapping[str, Any], device_kind: str, *,
-                     cpu_threads: int | None = None, root: str | Path | None = None) -> tuple[float, str]:
-    """Rough wall time of a job (decode, epochs with per-epoch evaluation, calibration, comparison, OOD guard) and
-    where the throughput figure came from."""
+def phase_pace(device_kind: str, root: str | Path | None = None, limit: int = 5) -> dict[str, float]:
+    """Per phase, the median of (actual / reference seconds) over this machine's newest finished jobs on
+    ``device_kind`` that recorded both (at most ``limit``); clipped to [0.25, 4] so one odd job cannot
+    make the next estimate absurd. The reference is each job's estimate before its own pace correction
+    (older jobs recorded only the corrected one), so corrections do not compound or cancel from job to job."""
+    ratios: dict[str, list[float]] = {}
+    seen = 0
+    for job in list_jobs(root, limit=20):
+        estimate = job.spec.get("estimate") or {}
+        planned = estimate.get("reference") or estimate.get("phases") or {}
+        actual = job.state.get("phases") or {}
+        if job.status != "succeeded" or job.state.get("device_kind") != device_kind or not planned:
+            continue
+        for key, est in planned.items():
+            if actual.get(key) and est and est > 0:
+                ratios.setdefault(key, []).append(float(actual[key]) / float(est))
+        seen += 1
+        if seen >= limit:
+            break
+    return {k: min(4.0, max(0.25, sorted(v)[len(v) // 2])) for k, v in ratios.items()}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds per phase (keys of ``PHASES``), their total, and where the rates came from; ``reference``: the
+    same before this machine's pace corrected it (what ``phase_pace`` compares later jobs with)."""
+    phases: dict[str, float]
+    basis: str
+    reference: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.phases.values())
+
+
+def _per_image_s(ref_64: float, ref_128: float, size: int) -> float:
+    """Seconds per image at ``size`` px from two measurements, as a + b * size^2 (a: per-image overhead that
+    does not shrink with the image; b: the convolutions)."""
+    b = (ref_128 - ref_64) / (128 ** 2 - 64 ** 2)
+    return max(ref_64 - b * 64 ** 2, 0.0) + b * size ** 2
+
+
+def _count_film_types(folder: Path | None) -> int:
+    if folder is None or not folder.is_dir():
+        return 0
+    return sum(1 for f in folder.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".tif",
+                                                                    ".tiff", ".bmp") and f.is_file())
+
+
+def estimate_phases(report: DatasetReport, config: Mapping[str, Any], device_kind: str, *,
+                    cpu_threads: int | None = None, root: str | Path | None = None,
+                    film_types: Path | None | bool = True, base_size: int | None = None) -> Estimate:
+    """Wall time of each phase of a job, from what each phase does and this machine's measured rates.
+
+    What is counted (n_* are films; training/val/external are capped by ``max_images``, the later phases
+    read whole folders):
+
+    * preparing: process start, imports and model build (``CPU_COST["start"]``), then decoding the films
+      ``fit`` uses (train, val, external) at the job's decoding threads;
+    * training: per epoch, one training pass over train (floor to whole batches) and two inference passes
+      (raw and averaged model) over val + external;
+    * calibrating: model load, every film of val, test and external read again (one thread) and scored,
+      and the bootstrap CIs per split;
+    * guard: train and val decoded again, features of them and one augmented copy each, the whole check on
+      test and external, the built-in negatives, and (when a film_types/ folder is found) the film-type
+      check: its films read and featured with their augmented copies, and its fitting;
+    * comparing: the active model loaded and run on val, test and external at its own size, with CIs.
+
+    Rates: decoding from the data check's own measurement of these films (``report.read_s``) when it has
+    one; training and inference per image from the CPU reference (measured on this 2-core machine at 64 and
+    128 px, ``CPU_COST``), divided by cores/2, or the training pace an earlier job measured here. Then each
+    phase is multiplied by this machine's pace on recent finished jobs (``phase_pace``: actual / estimated),
+    so the estimate corrects itself from the jobs that ran here.
+    """
+    from .ood import film_types_folder
+
     size = int(config.get("image_size") or 224)
-    measured = measured_throughput(device_kind, size, root)
-    if measured:
-        ips = measured[0] * (measured[1] / size) ** 2
-        basis = f"{measured[0]:.0f} img/s measured at {measured[1]} px by an earlier job on this machine"
-    elif device_kind == "cuda":
-        ips = GPU_REF_IMG_S_224 * (224 / size) ** 2
+    if base_size is None:                                     # compared with the active version, at its size
+        base_size = _base_size({"path": _active_path()})
+    base_size = int(base_size or size)
+    threads = cpu_threads or os.cpu_count() or 2
+    cores = max(1.0, threads / 2)
+    c = CPU_COST
+    read_s = report.read_s or c["read"]
+    if device_kind == "cuda":
+        train_s = 1 / (GPU_REF_IMG_S_224 * (224 / size) ** 2)
+        infer_s, infer_base_s = train_s / 3, 1 / (3 * GPU_REF_IMG_S_224 * (224 / base_size) ** 2)
         basis = f"a reference of {GPU_REF_IMG_S_224:.0f} img/s at 224 px on an H100"
     else:
-        threads = cpu_threads or os.cpu_count() or 2
-        ips = CPU_REF_IMG_S_224_PER_2_CORES * (224 / size) ** 2 * max(1.0, threads / 2)
-        basis = (f"a reference of {CPU_REF_IMG_S_224_PER_2_CORES:.0f} img/s at 224 px per 2 CPU cores "
-                 f"({threads} cores here)")
+        train_s = _per_image_s(*c["train"], size) / cores
+        infer_s = _per_image_s(*c["infer"], size) / cores
+        infer_base_s = _per_image_s(*c["infer"], base_size) / cores
+        basis = (f"rates measured on a 2-core CPU ({1 / _per_image_s(*c['train'], 224):.0f} img/s training at "
+                 f"224 px per 2 cores; {threads} cores here)")
+    measured = measured_throughput(device_kind, size, root)
+    if measured:
+        train_s = 1 / (measured[0] * (measured[1] / size) ** 2)
+        basis = f"{measured[0]:.0f} img/s measured at {measured[1]} px by an earlier job on this machine"
+    if report.read_s:
+        basis += f"; decoding {1 / report.read_s:.0f} films/s per core, measured while checking these films"
     cap = config.get("max_images")
     clip = (lambda n: min(n, int(cap))) if cap else (lambda n: n)  # noqa: E731
-    counts = {s: sum(c.values()) for s, c in report.counts.items()}
+    counts = {s: sum(v.values()) for s, v in report.counts.items()}
     carved = sum(report.carved_val().values())
-    n_train = clip(report.n_train)
-    n_val = clip(counts.get("val", carved))
-    n_ext = clip(counts.get("external", 0))
-    n_test = counts.get("test", 0)
+    n_train_all, n_val_all = report.n_train, counts.get("val", carved)
+    n_ext_all, n_test = counts.get("external", 0), counts.get("test", 0)
+    n_train, n_val, n_ext = clip(n_train_all), clip(n_val_all), clip(n_ext_all)
+    batch = int(config.get("batch_size") or 64)
     epochs = int(config.get("epochs") or 10)
-    infer = ips * 3                                          # inference is ~3x faster than a training step
-    seconds = (15                                            # process start, imports, model build
-               + report.total / 400                          # decoding
-               + epochs * (n_train / ips + 2 * (n_val + n_ext) / infer)     # raw + averaged model each epoch
-               + 2 * (n_val + n_ext + n_test) / infer        # calibration and comparison with the active model
-               + (2 * n_train + 3 * n_val + n_ext + n_test) / infer   # OOD guard: train + copies, val + copies, rates
-               + 10)                                         # bootstrap CIs
-    return seconds, basis
+    workers = min(int(config.get("workers") or min(16, threads)), threads)
+    decode = read_s / workers                                 # decoding threads in fit and in the guard
+    evaluated = n_val_all + n_test + n_ext_all
+    splits = sum(1 for n in (n_val_all, n_test, n_ext_all) if n)
+    if film_types is True:
+        film_types = film_types_folder(report.root)
+    n_types = _count_film_types(film_types) if film_types else 0
+    phases = {
+        "preparing": c["start"] + (n_train + n_val + n_ext) * decode,
+        "training": epochs * (max(1, n_train // batch) * batch * train_s + 2 * (n_val + n_ext) * infer_s),
+        "calibrating": c["load"] + evaluated * (read_s + infer_s) + splits * c["bootstrap"],
+        "guard": (c["load"] + (n_train_all + n_val_all) * (decode + 2 * infer_s * c["features"])
+                  + (n_test + n_ext_all) * (read_s + infer_s * c["features"])
+                  + c["negatives"] * (read_s + infer_s * c["features"])
+                  + (n_types * (read_s + c["type_passes"] * infer_s) + c["type_fit"] + c["type_loso"]
+                     if n_types else 0.0)),
+        "comparing": c["load"] + evaluated * (read_s + infer_base_s) + splits * c["bootstrap"],
+    }
+    reference = dict(phases)
+    pace = phase_pace(device_kind, root)
+    if measured:
+        pace.pop("training", None)                            # the measured pace already says it
+    if pace:
+        phases = {k: v * pace.get(k, 1.0) for k, v in phases.items()}
+        basis += f", corrected by the time each phase took in this machine's last finished job(s)"
+    return Estimate(phases, basis, reference)
+
+
+def estimate_seconds(report: DatasetReport, config: Mapping[str, Any], device_kind: str, *,
+                     cpu_threads: int | None = None, root: str | Path | None = None) -> tuple[float, str]:
+    """Wall time of a whole job (every phase: ``estimate_phases``) and where its rates came from."""
+    est = estimate_phases(report, config, device_kind, cpu_threads=cpu_threads, root=root)
+    return est.seconds, est.basis
 
 
 # --------------------------------------------------------------------------- the worker process
@@ -604,6 +794,23 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def phase_fields(key: str, started: float, step: str = "") -> dict[str, Any]:
+    """What state.json says about the phase ``key`` (of ``PHASES``) that began at ``started`` (epoch s).
+    ``phase_fraction`` is the phase's own measured progress where it has one (training: epochs done), else
+    None (the page then counts the phase's time against its estimate)."""
+    keys = [k for k, _ in PHASES]
+    return {"phase": dict(PHASES)[key], "phase_key": key, "phase_index": keys.index(key) + 1,
+            "phase_count": len(PHASES), "phase_started": started, "phase_step": step,
+            "phase_fraction": 0.0 if key == "training" else None}
+
+
+def _close_phase(state: dict, now: float) -> None:
+    """Record how long the current phase took (``state['phases']``: key -> seconds; read by ``phase_pace``)."""
+    key, started = state.get("phase_key"), state.get("phase_started")
+    if key and started and key not in (state.get("phases") or {}):
+        state.setdefault("phases", {})[key] = round(now - float(started), 1)
+
+
 def run_worker(job_dir: str | Path) -> int:
     """The worker process's main: train, evaluate, compare, register. Exit 0 done, 1 failed, 3 cancelled."""
     job_dir = Path(job_dir).resolve()
@@ -632,7 +839,9 @@ def run_worker(job_dir: str | Path) -> int:
         state.update(changes)
         atomic_write_json(job_dir / STATE, state)
 
-    save(status="running", phase="preparing data", started=_now(), pid=os.getpid(), message="")
+    if not state.get("phase_key"):                       # a state.json from before phases were recorded
+        state.update(phase_fields("preparing", time.time()))
+    save(status="running", started=_now(), pid=os.getpid(), message="")
     outcome: tuple[str, str, int]
     try:
         try:
@@ -648,6 +857,8 @@ def run_worker(job_dir: str | Path) -> int:
     switch.stop_watching()
     status, message, rc = outcome
     _remove_temp(job_dir)
+    if status == "succeeded":
+        _close_phase(state, time.time())
     save(status=status, phase="ended", finished=_now(), message=message)
     _log(f"{status}: {message}")
     _audit_outcome(job_dir, status, state.get("version"))
@@ -711,31 +922,43 @@ def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _Ca
     if "val" not in splits:
         data = _view_with_val(data, job_dir / "view", cfg)
 
+    def enter(key: str) -> None:
+        now = time.time()
+        _close_phase(state, now)
+        save(**phase_fields(key, now), eta_s=None)
+
+    def step(msg: str) -> None:                           # a phase's log lines name its current step
+        _log(msg)
+        save(phase_step=msg)
+
     def progress(r) -> None:
         row = {"epoch": r.epoch, "train_loss": r.train_loss, **r.metrics, "images_per_s": r.images_per_s,
                "elapsed_s": r.elapsed_s, "eta_s": r.eta_s, "best": r.best}
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items())
         _log(f"epoch {r.epoch}/{r.epochs}  loss={r.train_loss:.4f}  {metrics}  {r.images_per_s:.0f} img/s  "
              f"eta {r.eta_s:.0f}s")
-        save(phase="training", history=state.get("history", []) + [row], eta_s=r.eta_s)
+        save(history=state.get("history", []) + [row], eta_s=r.eta_s, phase_fraction=r.epoch / r.epochs,
+             phase_step=f"epoch {r.epoch} of {r.epochs}")
 
-    save(phase="decoding films and training")
+    save(phase_step="decoding the films")
     model_dir = job_dir / "model"
-    switch.run(fit, data, model_dir, cfg, progress=progress, should_stop=switch.should_stop)
-    save(phase="evaluating", eta_s=None)
-    _log("calibrating and evaluating the new model")
+    switch.run(fit, data, model_dir, cfg, progress=progress, should_stop=switch.should_stop,
+               on_decoded=lambda: enter("training"))
+    enter("calibrating")
+    step("calibrating and evaluating the new model")
     n_boot = int(spec.get("bootstrap", 1000))
-    card = switch.run(calibrate_model, model_dir, data, n_boot=n_boot, log=_log, device=device)
+    card = switch.run(calibrate_model, model_dir, data, n_boot=n_boot, log=step, device=device)
     # a new version screens its inputs like the shipped one: the guard, and the film-type check when the
     # film_types/ folder is found (beside the data, or $PNEUMO_FILM_TYPES); else its card says it has none
-    _log("fitting the out-of-distribution guard and the film-type check")
-    save(phase="fitting the out-of-distribution guard and the film-type check")
-    switch.run(fit_guard, model_dir, data, film_types=film_types_folder(Path(spec["data_dir"])), log=_log)
+    enter("guard")
+    step("fitting the out-of-distribution guard and the film-type check")
+    switch.run(fit_guard, model_dir, data, film_types=film_types_folder(Path(spec["data_dir"])), log=step)
+    enter("comparing")
     compare = base if base["kind"] == "active" else base.get("compare_with")
     comparison = switch.run(_compare, model_dir, card, data, compare, n_boot, device)
     atomic_write_json(model_dir / "comparison.json", comparison)
     switch.check()                                        # last point at which a cancel is honoured
-    save(phase="saving")
+    save(phase_step="saving the new version")
     version = add_version(model_dir, spec["weights_root"])
     save(version=version)
     return version
@@ -764,11 +987,13 @@ def _view_with_val(data: Path, view: Path, cfg) -> Path:
 def _compare(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Mapping[str, Any] | None,
              n_boot: int, device) -> dict[str, Any]:
     """The new model and the model it would replace, on the same films: metrics with 95% CIs per split and
-    operating point (each model at its own thresholds)."""
+    operating point (each model at its own thresholds), and per split a paired comparison of their AUCs on
+    those films with a verdict (``candidates.paired_verdict``); ``decision_split`` names the split the verdict
+    to act on comes from (the first of test/, external/, val/ not used to fit the new model, if any)."""
     from .data import discover_splits
     from .model import load_model
     from .predict import Predictor
-    from .validation import evaluate_points
+    from .validation import evaluate_points, score_folder
 
     folders = {s: p for s, p in discover_splits(data).items() if s in ("val", "test", "external")}
     candidate = {s: (card.get("metrics") or {}).get(s) or {} for s in folders}

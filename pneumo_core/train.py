@@ -241,7 +241,8 @@ def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfig(), *,
         progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-        checkpoint_dir: str | Path | None = None, keep_snapshots: int = 0) -> FitResult:
+        checkpoint_dir: str | Path | None = None, keep_snapshots: int = 0,
+        on_decoded: Callable[[], None] | None = None) -> FitResult:
     """Train a model and write it (weights + card) to ``out_dir``.
 
     ``out_dir`` must not exist or be empty. Everything is staged in a sibling
@@ -254,6 +255,7 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     finished epoch, with the same batches it would have drawn.
     ``keep_snapshots`` also keeps the raw and EMA weights of the last that many
     epochs there (``snapshots/``), for weight averaging and snapshot ensembles.
+    ``on_decoded`` is called once the films are decoded, before the first epoch (a job's phases).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -274,6 +276,8 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     spec = default_input_spec(cfg.image_size)
 
     sets, data = prepare_data(data_dir, cfg, spec)
+    if on_decoded:
+        on_decoded()
     x_train = torch.from_numpy(sets["train"].pixels).to(device)
     y_train = torch.from_numpy(sets["train"].labels).to(device)
     evals = {k: (torch.from_numpy(v.pixels), v.labels) for k, v in sets.items() if k != "train"}

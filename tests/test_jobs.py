@@ -102,6 +102,9 @@ def test_job_runs_to_completion_with_observable_progress(weights, data, capsys):
     assert [r["epoch"] for r in job.history] == [1, 2]
     assert all(r["train_loss"] > 0 and "val_auc" in r and "external_auc" in r for r in job.history)
     assert job.state["device_kind"] == "cpu"
+    phases = [k for k, _ in jobs.PHASES]                                 # each phase timed, and estimated
+    assert list(job.state["phases"]) == phases and all(v >= 0 for v in job.state["phases"].values())
+    assert list(job.spec["estimate"]["phases"]) == phases
 
     version = job.version
     folder = weights / version
@@ -115,8 +118,9 @@ def test_job_runs_to_completion_with_observable_progress(weights, data, capsys):
     assert comparison["active_version"] == "base" and comparison["candidate_version"] == version
     for split in ("val", "external"):
         both = comparison["splits"][split]
-        assert set(both) == {"active", "candidate"}
-        for who in both.values():
+        assert set(both) == {"active", "candidate", "paired"}
+        assert both["paired"]["verdict"] in ("better", "not distinguishable", "worse")   # film by film
+        for who in (both["active"], both["candidate"]):
             assert 0 <= who["balanced"]["auc"] <= 1 and len(who["balanced"]["ci95"]["auc"]) == 2
     load_model(folder)                                                # complete and intact
     assert card["ood"]["threshold"] > 0 and (folder / "ood.safetensors").is_file()   # screens inputs too
@@ -227,9 +231,9 @@ def test_estimate_uses_reference_throughput_then_measured(weights, data):
     report = validate_dataset(data)
     cfg = {"epochs": 10, "image_size": 224}
     cpu, basis = jobs.estimate_seconds(report, cfg, "cpu", cpu_threads=2)
-    assert "12 img/s at 224 px per 2 CPU cores" in basis
-    # 40 training films x 10 epochs at 12 img/s is 33 s of training alone
-    assert cpu > 40 * 10 / 12
+    assert "img/s training at 224 px per 2 cores" in basis and "measured while checking these films" in basis
+    # 40 training films x 10 epochs at 11 img/s is 36 s of training alone
+    assert cpu > 40 * 10 / 11
     gpu, _ = jobs.estimate_seconds(report, cfg, "cuda")
     assert gpu < cpu
     half, _ = jobs.estimate_seconds(report, {**cfg, "image_size": 112}, "cpu", cpu_threads=2)
@@ -275,3 +279,82 @@ def test_an_uploaded_archive_belongs_to_its_job_and_is_removed_when_it_ends(weig
     job = wait_for(job.id, lambda j: j.finished, timeout=120)
     assert job.status == "cancelled" and not (job.dir / "upload").exists()
     assert list((weights / ".jobs" / jobs.UPLOADS).iterdir()) == []
+
+
+def test_estimate_counts_every_phase_and_the_guard_reads_whole_folders(weights, data, tmp_path):
+    from pneumo_core.datacheck import validate_dataset
+
+    report = validate_dataset(data)
+    assert report.read_s and report.read_s > 0                       # the check timed its own decoding
+    cfg = {"epochs": 3, "image_size": 128, "batch_size": 8}
+    est = jobs.estimate_phases(report, cfg, "cpu", cpu_threads=2, film_types=None)
+    assert list(est.phases) == [k for k, _ in jobs.PHASES]
+    assert all(v > 0 for v in est.phases.values()) and est.seconds == pytest.approx(sum(est.phases.values()))
+    assert est.seconds == pytest.approx(jobs.estimate_seconds(report, cfg, "cpu", cpu_threads=2)[0], rel=0.2)
+    types = tmp_path / "film_types" / "frontal_chest_adult"
+    types.mkdir(parents=True)
+    for i in range(30):
+        write_png(types / f"a{i}.png", synthetic_film(np.random.default_rng(i), 40))
+    with_types = jobs.estimate_phases(report, cfg, "cpu", cpu_threads=2, film_types=types.parent)
+    assert with_types.phases["guard"] > est.phases["guard"]           # the film-type check is counted
+    assert with_types.phases["training"] == est.phases["training"]
+    capped = jobs.estimate_phases(report, {**cfg, "max_images": 4}, "cpu", cpu_threads=2, film_types=None)
+    assert capped.phases["training"] < est.phases["training"]
+    assert capped.phases["guard"] == pytest.approx(est.phases["guard"])   # the guard reads all of train/
+    more = jobs.estimate_phases(report, {**cfg, "epochs": 6}, "cpu", cpu_threads=2, film_types=None)
+    assert more.phases["training"] == pytest.approx(2 * est.phases["training"])
+
+
+def test_estimate_corrects_itself_from_this_machines_finished_jobs(weights, data):
+    from pneumo_core.datacheck import validate_dataset
+
+    report = validate_dataset(data)
+    cfg = {"epochs": 3, "image_size": 128}
+    plain = jobs.estimate_phases(report, cfg, "cpu", cpu_threads=2, film_types=None)
+    job_dir = weights / ".jobs" / "20990101-000000-000003"
+    job_dir.mkdir(parents=True)
+    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"image_size": 32}, "estimate": {
+        "phases": {"preparing": 10, "training": 100, "calibrating": 10, "guard": 20, "comparing": 10}}}))
+    (job_dir / jobs.STATE).write_text(json.dumps({"status": "succeeded", "device_kind": "cpu", "history": [],
+                                                  "phases": {"preparing": 10, "training": 200, "calibrating": 5,
+                                                             "guard": 400, "comparing": 10}}))
+    pace = jobs.phase_pace("cpu")
+    assert pace == {"preparing": 1.0, "training": 2.0, "calibrating": 0.5, "guard": 4.0, "comparing": 1.0}
+    assert jobs.phase_pace("cuda") == {}
+    corrected = jobs.estimate_phases(report, cfg, "cpu", cpu_threads=2, film_types=None)
+    for key, factor in pace.items():
+        assert corrected.phases[key] == pytest.approx(plain.phases[key] * factor)
+    assert "corrected by the time each phase took" in corrected.basis
+    assert corrected.reference == pytest.approx(plain.phases)          # what later jobs are compared with
+
+    # A later job, estimated with that correction, ran as corrected: the pace must stay (not fall back to 1
+    # because actual / corrected estimate is 1), so it is taken against each job's uncorrected reference.
+    shutil.rmtree(job_dir)
+    later = weights / ".jobs" / "20990101-000000-000004"
+    later.mkdir()
+    (later / jobs.SPEC).write_text(json.dumps({"id": later.name, "config": {"image_size": 32}, "estimate": {
+        "phases": {"preparing": 10, "training": 200, "calibrating": 5, "guard": 400, "comparing": 10},
+        "reference": {"preparing": 10, "training": 100, "calibrating": 10, "guard": 100, "comparing": 10}}}))
+    (later / jobs.STATE).write_text(json.dumps({"status": "succeeded", "device_kind": "cpu", "history": [],
+                                                "phases": {"preparing": 10, "training": 200, "calibrating": 5,
+                                                           "guard": 400, "comparing": 10}}))
+    assert jobs.phase_pace("cpu") == pace
+
+
+def test_the_proposal_is_a_short_fine_tune_on_a_cpu_and_the_full_recipe_on_a_gpu(weights, data):
+    from pneumo_core.datacheck import validate_dataset
+
+    report = validate_dataset(data)
+    card = json.loads((weights / "base" / CARD_FILE).read_text())
+    base, cfg, est = jobs.proposed_job(report, "cpu")
+    assert base == "active" and cfg["image_size"] == card["input"]["size"] and cfg["lr"] == 1e-4
+    assert 1 <= cfg["epochs"] <= 5 and est.seconds <= jobs.CPU_FINE_TUNE_BUDGET_S
+    assert est.seconds == pytest.approx(jobs.estimate_phases(report, cfg, "cpu").seconds)
+    _, tight, tight_est = jobs.proposed_job(report, "cpu", budget_s=1)      # nothing fits: one epoch, capped
+    assert tight["epochs"] == 1 and tight["max_images"] == 50
+    base, full, _ = jobs.proposed_job(report, "cuda")
+    assert base in ("imagenet", "scratch")
+    recipe = card.get("training") or {}
+    for key in ("epochs", "lr", "batch_size", "image_size"):
+        if recipe.get(key) is not None:
+            assert full[key] == recipe[key]
