@@ -247,8 +247,10 @@ def _worker_alive(job_dir: Path) -> bool | None:
 
 def _signal_group(job_dir: Path, sig: int) -> None:
     worker = _read_json(job_dir / WORKER)
-    pid = int(worker.get("pid") or 0)
-    if pid > 1 and _alive(job_dir.name, pid, worker.get("start")):
+    pid, start = int(worker.get("pid") or 0), worker.get("start")
+    # Only a worker we can identify: without its start time, a reused pid could name another program's
+    # process group (the cancel file still stops the worker itself).
+    if pid > 1 and start and _alive(job_dir.name, pid, start):
         try:
             os.killpg(pid, sig)        # the worker leads its own session: its process group is its pid
         except (ProcessLookupError, PermissionError):

@@ -217,8 +217,9 @@ def test_a_dead_worker_is_noticed_by_whoever_looks(weights, data):
     (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": FAST}))
     (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = jobs._proc_info(gone.pid)[1]          # before it is reaped: a reused pid is then told apart
     gone.wait()
-    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": None}))
+    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": start}))
     job = jobs.get_job(job_dir.name)
     assert job.status == "failed" and "during training" in job.message
     assert not (job_dir / "upload").exists()

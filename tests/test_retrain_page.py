@@ -289,8 +289,9 @@ def test_failed_and_killed_jobs_show_a_clear_message_and_the_log(weights):
     (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
     (job_dir / jobs.LOG).write_text("epoch 1/3  loss=0.6931\n")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = jobs._proc_info(gone.pid)[1]          # before it is reaped: a reused pid is then told apart
     gone.wait()
-    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": None}))
+    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": start}))
     at = open_page()
     assert any("stopped unexpectedly" in e and "unchanged" in e for e in errors(at))
     assert any("epoch 1/3" in c.value for c in at.code)
@@ -390,7 +391,8 @@ def test_a_job_that_ends_resets_the_data_and_the_picker_lists_its_version(weight
     (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        (job_dir / jobs.WORKER).write_text(json.dumps({"pid": worker.pid, "start": None}))
+        start = jobs._proc_info(worker.pid)[1]
+        (job_dir / jobs.WORKER).write_text(json.dumps({"pid": worker.pid, "start": start}))
         run(at)
         assert any(h.value == "Training in progress" for h in at.subheader)
         copy_model_version(tiny_model_dir, weights, "cand-v")                # what the job leaves when it ends
