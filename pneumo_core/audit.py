@@ -206,17 +206,6 @@ def actions(path: str | Path | None = None) -> list[str]:
         raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
 
 
-def head(path: str | Path | None = None) -> tuple[int, str]:
-    """(number of events, hash of the newest): keep a copy elsewhere to detect the newest rows being removed."""
-    try:
-        with closing(_connect(path)) as conn:
-            count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-            last = conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-    except sqlite3.Error as exc:
-        raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
-    return int(count), (last[0] if last else GENESIS)
-
-
 def _iter_rows(path: str | Path | None) -> Iterator[tuple]:
     with closing(_connect(path)) as conn:
         yield from conn.execute(f"SELECT {', '.join(COLUMNS)} FROM events ORDER BY id ASC")
@@ -225,6 +214,13 @@ def _iter_rows(path: str | Path | None) -> Iterator[tuple]:
 def verify_chain(path: str | Path | None = None) -> tuple[int, int | None]:
     """(events checked, id of the first event whose chain breaks or None). Detects edits, insertions and
     deletions, also when later hashes were recomputed without the key (see the module's docstring)."""
+    n, broken, _ = chain_status(path)
+    return n, broken
+
+
+def chain_status(path: str | Path | None = None) -> tuple[int, int | None, str]:
+    """``verify_chain``'s answer and the hash of the last event it verified (``GENESIS`` for an empty log):
+    the head to keep elsewhere, since removing the newest events leaves an intact, shorter chain."""
     prev, n = GENESIS, 0
     key = _chain_key(create=False)
     try:
@@ -235,11 +231,11 @@ def verify_chain(path: str | Path | None = None) -> tuple[int, int | None]:
                                  f"is missing, and the log was written with a key.")
             if (rec["prev_hash"] != prev
                     or not hmac.compare_digest(_row_hash(key, prev, [rec[c] for c in _HASHED]), rec["hash"])):
-                return n, rec["id"]
+                return n, rec["id"], prev
             prev, n = rec["hash"], n + 1
     except sqlite3.Error as exc:
         raise AuditError(f"The audit log could not be read ({type(exc).__name__}: {exc}).") from None
-    return n, None
+    return n, None, prev
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> bytes:

@@ -82,11 +82,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .audit import audit_path, head, verify_chain
+    from .audit import audit_path, chain_status
 
-    n, broken = verify_chain()
+    n, broken, newest = chain_status()
     if broken is None:
-        _, newest = head()
         print(f"{audit_path().name}: keyed hash chain intact over {n} events; newest hash {newest} "
               f"(keep this line elsewhere: removing the newest events is only seen against it).")
         return EXIT_OK

@@ -219,8 +219,8 @@ def test_audit_verify_prints_the_head_and_needs_the_key(tmp_path, monkeypatch):
     db = tmp_path / "a.sqlite3"
     for _ in range(3):
         audit.record("predict", role="viewer", result="NORMAL", path=db)
-    count, newest = audit.head(db)
-    assert count == 3 and len(newest) == 64
+    count, broken, newest = audit.chain_status(db)
+    assert count == 3 and broken is None and len(newest) == 64
     result = _cli("audit", "verify", env={"PNEUMO_AUDIT_DB": str(db)})
     assert result.returncode == 0 and newest in result.stdout and "intact over 3 events" in result.stdout
     monkeypatch.setenv("PNEUMO_KEY_FILE", str(tmp_path / "missing.key"))
