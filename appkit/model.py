@@ -64,13 +64,10 @@ def load_active() -> ActiveModel:
     folder = active_model_dir()
     card = read_card(folder)
     sha = str((card.get("weights") or {}).get("sha256") or (folder / CARD_FILE).stat().st_mtime_ns)
-    sha += f"+card:{card_digest(card)[:16]}"                  # a re-sealed card (new threshold) too
-    ood = card.get("ood")
-    if isinstance(ood, dict) and ood.get("sha256"):           # a guard fitted later is picked up too
-        sha += f"+ood:{ood['sha256']}"
-    film_type = card.get("film_type")
-    if isinstance(film_type, dict) and film_type.get("sha256"):   # and a film-type check
-        sha += f"+film_type:{film_type['sha256']}"
+    # The card's digest covers everything it records: a re-sealed threshold, a guard or film-type check
+    # fitted later (their sha256 are in the card).
+    sha += f"+card:{card_digest(card)[:16]}"
+    ood, film_type = card.get("ood"), card.get("film_type")
     # A file replaced or edited on disk changes its stat, so the next rerun loads it again, and that load
     # checks its sha256 (the card: its seal, already checked by read_card above): a tampered file stops being
     # served (the error shows) instead of lingering in memory.

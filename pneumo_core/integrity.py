@@ -115,7 +115,7 @@ def sealed(card: Mapping[str, Any]) -> dict[str, Any]:
     """The card (plain JSON types only: see ``model.write_card``) with a seal under this server's key (the
     key is made when there is none yet)."""
     key = derived_key("card", create=True)
-    body = json.loads(canonical(card))
+    body = {k: v for k, v in card.items() if k != SEAL_FIELD}
     mac = hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
     return {**body, SEAL_FIELD: {"alg": SEAL_ALG, "key_id": key_id(key), "mac": mac}}
 

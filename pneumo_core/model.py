@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError, WeightsUnavailableError
-from .integrity import SEAL_FIELD, check_card, sealed
+from .integrity import check_card, sealed
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -334,9 +334,7 @@ def read_card(model_dir: str | Path, *, check: bool = True) -> dict[str, Any]:
 def write_card(model_dir: str | Path, card: Mapping[str, Any]) -> dict[str, Any]:
     """Seal the card under this server's key and write it atomically; returns what was written. Every
     writer of a card goes through here, so a card changed any other way is refused on load."""
-    plain = json.loads(json.dumps(dict(card), default=_json_default))
-    plain.pop(SEAL_FIELD, None)
-    written = sealed(plain)
+    written = sealed(json.loads(json.dumps(dict(card), default=_json_default)))   # plain JSON types, as read
     atomic_write_json(Path(model_dir) / CARD_FILE, written)
     return written
 
