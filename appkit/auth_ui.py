@@ -12,7 +12,7 @@ import math
 import logging
 import secrets as _secrets
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import streamlit as st
 
@@ -65,15 +65,22 @@ def current() -> tuple[str | None, str | None]:
         return role, (str(user.get("email") or user.get("sub") or "signed-in user") if role else None)
     state = st.session_state.get(ROLE_KEY)
     if state and state.get("role") == ADMIN:
-        now = time.monotonic()
-        if state.get("hash_id") != _hash_id(admin_password_hash(conf)):
-            _end_admin("password changed")
-        elif now - state.get("seen", 0) > ADMIN_IDLE_S:
-            _end_admin("idle timeout")
-        else:
-            state["seen"] = now
+        if not (why := _local_refusal(state, conf)):
             return ADMIN, state.get("actor", "local-admin")
+        _end_admin(why)
     return VIEWER, VIEWER
+
+
+def _local_refusal(state: dict[str, Any], conf: Mapping[str, Any]) -> str | None:
+    """Why a local admin session no longer holds (the password changed since it signed in, or it idled),
+    else None, and its idle clock restarts."""
+    if state.get("hash_id") != _hash_id(admin_password_hash(conf)):
+        return "password changed"
+    now = time.monotonic()
+    if now - state.get("seen", 0) > ADMIN_IDLE_S:
+        return "idle timeout"
+    state["seen"] = now
+    return None
 
 
 def _end_admin(reason: str) -> None:
@@ -158,13 +165,7 @@ def admin_refusal_now(credential: dict[str, Any] | None) -> str | None:
     state = credential.get("local") or {}
     if oidc_configured(conf) or state.get("role") != ADMIN or state.get("ended"):
         return "admin session ended"
-    if state.get("hash_id") != _hash_id(admin_password_hash(conf)):
-        return "password changed"
-    now = time.monotonic()
-    if now - state.get("seen", 0) > ADMIN_IDLE_S:
-        return "idle timeout"
-    state["seen"] = now
-    return None
+    return _local_refusal(state, conf)
 
 
 def require_admin_page(name: str) -> None:
