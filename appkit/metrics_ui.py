@@ -37,6 +37,10 @@ def provenance_ui(evals: Mapping[str, Any], splits: list[str], card: Mapping[str
                    f"95% confidence intervals: {ci_method or 'bootstrap'}.")
 
 
+# ECE does not depend on the operating point: one bootstrap per artifact, not one per rerun and point.
+_ece_with_interval = st.cache_data(max_entries=8, show_spinner=False)(ev.ece_with_interval)
+
+
 def ece_repaired(artifact: Mapping[str, Any], rep: Mapping[str, Any]) -> Mapping[str, Any]:
     """``rep`` with its ECE and interval recomputed (bias-corrected, ``ev.report``'s method) from the artifact's
     saved per-film scores when an artifact from before that method holds an ECE outside its own interval (a
@@ -45,7 +49,7 @@ def ece_repaired(artifact: Mapping[str, Any], rep: Mapping[str, Any]) -> Mapping
     scores = artifact.get("scores") or {}
     if "ece_method" in rep or value is None or None in ci or ci[0] <= value <= ci[1] or not scores.get("label"):
         return rep
-    fixed, interval = ev.ece_with_interval(scores["label"], scores["probability"])
+    fixed, interval = _ece_with_interval(scores["label"], scores["probability"])
     return {**rep, "ece": fixed, "ci95": {**rep["ci95"], "ece": interval},
             "ece_method": ev.ECE_METHOD + "; recomputed here from the saved per-film scores"}
 

@@ -77,7 +77,10 @@ def threshold_films(card: Mapping[str, Any], model_dir: str | Path | None = None
 def threshold_warning(card: Mapping[str, Any], model_dir: str | Path | None = None, *,
                       evals: Mapping[str, Any] | None = None) -> str | None:
     """Why this model's thresholds are too noisy to rely on, or None."""
-    films = threshold_films(card, model_dir, evals=evals)
+    return _films_warning(threshold_films(card, model_dir, evals=evals))
+
+
+def _films_warning(films: Mapping[str, Any] | None) -> str | None:
     if not films or not too_few_films(films["normal"], films["pneumonia"]):
         return None
     return (f"Its thresholds were fitted on {films['normal']} normal and {films['pneumonia']} pneumonia films of "
@@ -106,7 +109,7 @@ def concerns(comparison: Mapping[str, Any], card: Mapping[str, Any], model_dir: 
         out.append((f"compared with {compared_with}, not {active}",
                     f"The comparison was made against {compared_with}, which is no longer the active model "
                     f"({active} is)."))
-    if why := threshold_warning(card, model_dir):
-        films = threshold_films(card, model_dir) or {}
-        out.append((f"thresholds fitted on {films.get('normal')}+{films.get('pneumonia')} films", why))
+    films = threshold_films(card, model_dir)
+    if why := _films_warning(films):
+        out.append((f"thresholds fitted on {films['normal']}+{films['pneumonia']} films", why))
     return out
