@@ -384,6 +384,17 @@ BUILTIN_SOURCES = {"photo": "photos and textures", "texture": "photos and textur
                    "blank": "documents, noise and blank frames"}
 
 
+FILM_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff", ".bmp")
+
+
+def film_type_files(folder: str | Path) -> list[tuple[str, Path]]:
+    """(sub-folder name, file) of every film a film_types folder offers: files with a film's extension in the
+    sub-folders named in ``FOLDER_KINDS`` (what ``read_film_types`` reads; the job estimate counts them)."""
+    folder = Path(folder)
+    return [(sub.name, f) for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name in FOLDER_KINDS)
+            for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in FILM_EXTENSIONS]
+
+
 def read_film_types(folder: str | Path) -> dict[tuple[str, str], list[np.ndarray]]:
     """{(kind, source): display pixels} from a film_types folder: one sub-folder per kind (``FOLDER_KINDS``),
     the source from ``manifest.csv``'s source_repo when there is one (else the folder's name). Unreadable
@@ -402,16 +413,13 @@ def read_film_types(folder: str | Path) -> dict[tuple[str, str], list[np.ndarray
                 repo = (row.get("source_repo") or "").split(" (")[0].rstrip("/").split("/")[-1]
                 sources[str(row.get("file", ""))] = " ".join(filter(None, [repo, row.get("body_part") or ""]))
     out: dict[tuple[str, str], list[np.ndarray]] = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name in FOLDER_KINDS):
-        for f in sorted(sub.rglob("*")):
-            if not f.is_file() or f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff", ".bmp"):
-                continue
-            try:
-                pixels = read_xray(f).pixels
-            except (UnreadableImageError, OSError):
-                continue
-            source = sources.get(f.relative_to(folder).as_posix()) or sub.name
-            out.setdefault((FOLDER_KINDS[sub.name], source), []).append(pixels)
+    for sub, f in film_type_files(folder):
+        try:
+            pixels = read_xray(f).pixels
+        except (UnreadableImageError, OSError):
+            continue
+        source = sources.get(f.relative_to(folder).as_posix()) or sub
+        out.setdefault((FOLDER_KINDS[sub], source), []).append(pixels)
     return out
 
 

@@ -224,13 +224,7 @@ def _alive(job_id: str, pid: int, start: int | None) -> bool:
         _CHILDREN.pop(job_id, None)
         return False
     if not Path("/proc/self/stat").exists():                   # not Linux: signal 0 is all we have
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return _pid_alive(pid)
     info = _proc_info(pid)
     if info is None or info[0] in ("Z", "X"):
         return False
@@ -588,11 +582,12 @@ def device_kind(device: str = "auto") -> str:
     return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def measured_throughput(device_kind: str, image_size: int = 224,
-                        root: str | Path | None = None) -> tuple[float, int] | None:
+def measured_throughput(device_kind: str, image_size: int = 224, root: str | Path | None = None, *,
+                        recent: list[Job] | None = None) -> tuple[float, int] | None:
     """(training img/s, image size) measured by the newest job on this machine's ``device_kind`` at a size
-    within a factor of 1.5 of ``image_size`` (tiny images are overhead-bound: they do not scale)."""
-    for job in list_jobs(root, limit=20):
+    within a factor of 1.5 of ``image_size`` (tiny images are overhead-bound: they do not scale). ``recent``:
+    ``list_jobs(root, limit=20)`` when the caller has it already."""
+    for job in list_jobs(root, limit=20) if recent is None else recent:
         rows = [r.get("images_per_s") for r in job.history if r.get("images_per_s")]
         size = int((job.spec.get("config") or {}).get("image_size") or 224)
         if rows and job.state.get("device_kind") == device_kind and 1 / 1.5 <= size / image_size <= 1.5:
@@ -600,14 +595,16 @@ def measured_throughput(device_kind: str, image_size: int = 224,
     return None
 
 
-def phase_pace(device_kind: str, root: str | Path | None = None, limit: int = 5) -> dict[str, float]:
+def phase_pace(device_kind: str, root: str | Path | None = None, limit: int = 5, *,
+               recent: list[Job] | None = None) -> dict[str, float]:
     """Per phase, the median of (actual / reference seconds) over this machine's newest finished jobs on
     ``device_kind`` that recorded both (at most ``limit``); clipped to [0.25, 4] so one odd job cannot
     make the next estimate absurd. The reference is each job's estimate before its own pace correction
-    (older jobs recorded only the corrected one), so corrections do not compound or cancel from job to job."""
+    (older jobs recorded only the corrected one), so corrections do not compound or cancel from job to job.
+    ``recent``: ``list_jobs(root, limit=20)`` when the caller has it already."""
     ratios: dict[str, list[float]] = {}
     seen = 0
-    for job in list_jobs(root, limit=20):
+    for job in list_jobs(root, limit=20) if recent is None else recent:
         estimate = job.spec.get("estimate") or {}
         planned = estimate.get("reference") or estimate.get("phases") or {}
         actual = job.state.get("phases") or {}
@@ -643,10 +640,9 @@ def _per_image_s(ref_64: float, ref_128: float, size: int) -> float:
 
 
 def _count_film_types(folder: Path | None) -> int:
-    if folder is None or not folder.is_dir():
-        return 0
-    return sum(1 for f in folder.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".tif",
-                                                                    ".tiff", ".bmp") and f.is_file())
+    from .filmtype import film_type_files
+
+    return len(film_type_files(folder)) if folder is not None and folder.is_dir() else 0
 
 
 def estimate_phases(report: DatasetReport, config: Mapping[str, Any], device_kind: str, *,
@@ -694,7 +690,8 @@ def estimate_phases(report: DatasetReport, config: Mapping[str, Any], device_kin
         infer_base_s = _per_image_s(*c["infer"], base_size) / cores
         basis = (f"rates measured on a 2-core CPU ({1 / _per_image_s(*c['train'], 224):.0f} img/s training at "
                  f"224 px per 2 cores; {threads} cores here)")
-    measured = measured_throughput(device_kind, size, root)
+    recent = list_jobs(root, limit=20)                        # read once: the throughput and the pace use it
+    measured = measured_throughput(device_kind, size, recent=recent)
     if measured:
         train_s = 1 / (measured[0] * (measured[1] / size) ** 2)
         basis = f"{measured[0]:.0f} img/s measured at {measured[1]} px by an earlier job on this machine"
@@ -728,7 +725,7 @@ def estimate_phases(report: DatasetReport, config: Mapping[str, Any], device_kin
         "comparing": c["load"] + evaluated * (read_s + infer_base_s) + splits * c["bootstrap"],
     }
     reference = dict(phases)
-    pace = phase_pace(device_kind, root)
+    pace = phase_pace(device_kind, recent=recent)
     if measured:
         pace.pop("training", None)                            # the measured pace already says it
     if pace:
