@@ -68,7 +68,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_job(name: str, work: Path, weights: Path, film_types: bool) -> dict[str, Any]:
+def run_job(name: str, work: Path, weights: Path) -> dict[str, Any]:
     from pneumo_core import jobs
     from pneumo_core.datacheck import validate_dataset
 
@@ -76,10 +76,9 @@ def run_job(name: str, work: Path, weights: Path, film_types: bool) -> dict[str,
     data = subset(work / f"data-{name}", per_class)
     report = validate_dataset(data)
     cfg = {"epochs": epochs, "image_size": size, "batch_size": 32, "lr": 1e-4}
-    types = None if not film_types else True
     empty = work / "no-jobs"
     empty.mkdir(exist_ok=True)
-    reference = jobs.estimate_phases(report, cfg, "cpu", root=empty, film_types=types)
+    reference = jobs.estimate_phases(report, cfg, "cpu", root=empty)   # PNEUMO_FILM_TYPES says which
     t0 = time.time()
     load0 = os.getloadavg()[0]
     job = jobs.start_job(data, base="active", config=cfg, report=report, weights=weights)
@@ -118,7 +117,7 @@ def main() -> None:
         os.environ["PNEUMO_WEIGHTS_DIR"] = str(weights)
         os.environ["PNEUMO_AUDIT_DB"] = str(work / "audit.sqlite3")      # the bench's jobs stay out of the log
         os.environ.pop("PNEUMO_JOBS_DIR", None)
-        results = [run_job(name, work, weights, not args.no_film_types) for name in args.sizes.split(",")]
+        results = [run_job(name, work, weights) for name in args.sizes.split(",")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results))

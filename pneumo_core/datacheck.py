@@ -47,7 +47,7 @@ class DatasetReport:
     unreadable: tuple[tuple[str, str], ...] = ()      # (split/CLASS/file, reason)
     problems: tuple[str, ...] = ()                    # reasons to refuse
     warnings: tuple[str, ...] = ()
-    read_s: float | None = None                       # CPU seconds to decode one film, measured by the check
+    decode_cpu_s: float = 0.0                         # CPU seconds the check spent decoding the films
 
     @property
     def ok(self) -> bool:
@@ -56,6 +56,11 @@ class DatasetReport:
     @property
     def total(self) -> int:
         return sum(sum(c.values()) for c in self.counts.values())
+
+    @property
+    def read_s(self) -> float | None:
+        """CPU seconds to decode one readable film, as measured by the check (None without one)."""
+        return self.decode_cpu_s / self.total if self.total and self.decode_cpu_s else None
 
     @property
     def n_train(self) -> int:
@@ -131,9 +136,7 @@ def validate_dataset(root: str | Path, *, min_train_per_class: int = MIN_TRAIN_P
         warnings.append(f"{len(unreadable)} unreadable file(s) will be skipped.")
     if train and max(train.values()) > 10 * max(1, min(train.values())):
         warnings.append(f"Strong class imbalance in train/ ({_fmt(train)}); the loss reweights the classes.")
-    readable = sum(sum(c.values()) for c in counts.values())
-    return DatasetReport(root, counts, tuple(unreadable), tuple(problems), tuple(warnings),
-                         read_s=cpu_s / readable if readable else None)
+    return DatasetReport(root, counts, tuple(unreadable), tuple(problems), tuple(warnings), decode_cpu_s=cpu_s)
 
 
 def _fmt(counts: dict[str, int]) -> str:
