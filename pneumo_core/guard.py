@@ -67,19 +67,15 @@ def rejection_reason(image: XrayImage) -> str | None:
     return (_rejection(image) or (None, None))[0]
 
 
-def view_reason(image: XrayImage) -> str | None:
-    """Model-free evidence beyond ``rejection_reason``: the view, the frame's shape, colour."""
-    return (_view(image) or (None, None))[0]
-
-
 def model_free_verdict(image: XrayImage) -> tuple[str | None, str | None]:
-    """Every check that needs no model (``rejection_reason`` then ``view_reason``): the reason to refuse the
-    film and the film type that reason implies (a lateral view, not a radiograph), or (None, None)."""
+    """Every check that needs no model (``rejection_reason``, then ``_view``: the view, the frame's shape,
+    colour): the reason to refuse the film and the film type that reason implies (a lateral view, not a
+    radiograph), or (None, None)."""
     return _rejection(image) or _view(image) or (None, None)
 
 
 def model_free_reason(image: XrayImage) -> str | None:
-    """Every check that needs no model: ``rejection_reason`` then ``view_reason``."""
+    """Every check that needs no model: the reason of ``model_free_verdict``."""
     return model_free_verdict(image)[0]
 
 
