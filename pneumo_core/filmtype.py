@@ -55,6 +55,7 @@ LOOKS_LIKE = {
     NOT_RADIOGRAPH: "does not look like a radiograph (a photo, document, another modality or noise)",
 }
 VALIDATED_AGES = "children aged 1–5"
+PEDIATRIC_MAX_AGE = 5.0      # the training films: children aged 1 to 5 (Kermany et al. 2018)
 ADULT_WARNING = (f"Adult chest film: the model was validated on {VALIDATED_AGES} (Kermany et al. 2018), "
                  "not on adults; the probability and label are outside validated use.")
 ADULT_CAUTION = f"The film looks like an adult frontal chest film; the model was validated on {VALIDATED_AGES} only."
@@ -149,7 +150,10 @@ class FilmTypeCheck:
                     or (isinstance(age, (int, float)) and age >= ADULT_AGE))
         if is_adult:
             return Verdict(ADULT, caution=ADULT_CAUTION, frontal=frontal)
-        return Verdict(PEDIATRIC, frontal=frontal)
+        # A child's film from outside the validated ages (DICOM PatientAge over 5): outside validated use too.
+        older = isinstance(age, (int, float)) and age > PEDIATRIC_MAX_AGE
+        return Verdict(PEDIATRIC, caution=(f"The patient is {age:g} years old; the model was validated on "
+                                           f"{VALIDATED_AGES} only.") if older else None, frontal=frontal)
 
 
 def _shown(score: float) -> str:

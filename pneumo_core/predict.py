@@ -22,13 +22,12 @@ from .evaluate import sigmoid
 from .guard import LATERAL_VIEWS, model_free_verdict
 from .io import XrayImage, read_xray
 from .model import LABELS, LoadedModel, load_model
-from .filmtype import ADULT, ADULT_WARNING, PEDIATRIC, FilmTypeCheck, load_check
+from .filmtype import ADULT, ADULT_WARNING, PEDIATRIC_MAX_AGE, FilmTypeCheck, load_check
 from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
 from .preprocess import to_batch
 
 # Probabilities this close to the threshold (in logit units after calibration) get a warning.
 NEAR_THRESHOLD_LOGIT = 0.5
-PEDIATRIC_MAX_AGE = 5.0      # the training films: children aged 1 to 5 (Kermany et al. 2018)
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ class Predictor:
                 p, im = float(probs[j]), images[i]
                 if verdicts is not None and reasons[i] is None:
                     v = verdicts[j]
-                    reasons[i], kinds[i], cautions[i] = v.reason, v.kind, v.caution or age_caution(im, v.kind)
+                    reasons[i], kinds[i], cautions[i] = v.reason, v.kind, v.caution
                 elif verdicts is not None:
                     kinds[i] = kinds[i] or verdicts[j].kind
                 elif reasons[i] is None and scores is not None:
@@ -209,14 +208,6 @@ class Predictor:
         and Grad-CAM, which do not run the film-type check, get them here)."""
         return replace(pred, warnings=prediction_warnings(image, pred.probability, pred.threshold, self.temperature,
                                                           kind))
-
-
-def age_caution(image: XrayImage, kind: str | None) -> str | None:
-    """A child's film from outside the validated ages (DICOM PatientAge over 5 years): outside validated use too."""
-    age = image.metadata.get("patient_age_years")
-    if kind == PEDIATRIC and isinstance(age, (int, float)) and age > PEDIATRIC_MAX_AGE:
-        return (f"The patient is {age:g} years old; the model was validated on children aged 1–5 only.")
-    return None
 
 
 def film_warnings(kind: str | None) -> tuple[str, ...]:
