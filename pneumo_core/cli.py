@@ -151,7 +151,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import encode_png, explain, overlay
     from .io import read_xray
     from .model import atomic_write_bytes
-    from .predict import outside_detail
+    from .predict import outside_detail, outside_message
 
     predictor = _predictor(args.model)
     image = read_xray(args.file, name=Path(args.file).name)
@@ -171,7 +171,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                       "operating_point": p.operating_point, "model_version": p.model_version,
                       "method": exp.method, "target": exp.target, "out": args.out, "film_type": screened.film_type,
                       "outside_validated_use": bool(outside),
-                      "message": ("Outside validated use: " + outside) if outside else "",
+                      "message": outside_message(outside),
                       "warnings": list(p.warnings)}))
     return EXIT_OK
 

@@ -222,6 +222,11 @@ def prediction_warnings(image: XrayImage, probability: float, threshold: float, 
             + clinical_warnings(image, probability, threshold, temperature, adult=kind == ADULT))
 
 
+def outside_message(outside: str | None) -> str:
+    """A record's message for a result outside validated use (the reason or caution), else empty."""
+    return f"Outside validated use: {outside}" if outside else ""
+
+
 def outside_detail(film_type: str | None, *, analysed_anyway: bool = False) -> str:
     """The audit log's detail for a result outside validated use: fixed words and the film type (one of
     ``filmtype.CLASSES``), never file data."""
@@ -267,7 +272,7 @@ def screened_record(file: str, image: XrayImage, screened: Screened, operating_p
                       film_type=kind, outside_validated_use=True)
     outside = screened.outside_validated_use
     return Record(file, "ok", pred.probability, pred.label, pred.threshold, pred.model_version,
-                  message=("Outside validated use: " + outside) if outside else "",
+                  message=outside_message(outside),
                   operating_point=operating_point, warnings=pred.warnings, film_type=kind,
                   outside_validated_use=bool(outside))
 
