@@ -452,18 +452,19 @@ def _u8(pixels: Sequence[np.ndarray], spec: Mapping[str, Any]) -> np.ndarray:
     return np.stack([np.clip(np.rint(resize(_unit(p), spec) * 255), 0, 255).astype(np.uint8) for p in pixels])
 
 
-def fit_from_folders(predictor: Any, guard: Any, train_u8: np.ndarray, train_reps: Mapping[str, np.ndarray],
-                     val_reps: Mapping[str, np.ndarray], film_types_dir: str | Path, *, copies: int = 4,
-                     crops: int = 800, seed: int = 0, builtin: bool = True,
+def fit_from_folders(predictor: Any, train_u8: np.ndarray, train_reps: Mapping[str, np.ndarray],
+                     val_reps: Mapping[str, np.ndarray], val_scores: np.ndarray, film_types_dir: str | Path, *,
+                     copies: int = 4, crops: int = 800, seed: int = 0, builtin: bool = True,
                      log: Any = lambda s: None) -> tuple[FilmTypeCheck, dict[str, Any]]:
     """Fit the check of ``predictor``'s model (whose ``guard`` is fitted) and measure it.
 
     ``train_reps``: representations of ``train_u8`` followed by its augmented copies (as the guard was
-    fitted); ``val_reps``: of the validation films (thresholds). Returns the check and what the card
-    records about it (fitting sets, thresholds, per-class leave-one-source-out rates, the real laterals)."""
+    fitted); ``val_reps``: of the validation films (thresholds), and ``val_scores`` the guard's scores of
+    them. Returns the check and what the card records about it (fitting sets, thresholds, per-class
+    leave-one-source-out rates, the real laterals)."""
     from .ood import augmented, builtin_negatives, represent
 
-    spec = predictor.card["input"]
+    spec, guard = predictor.card["input"], predictor.guard
     reps_of = lambda pix: represent(predictor, list(pix), ("pooled",))[1]  # noqa: E731
     n_train = len(train_u8)
     ped = Labelled(PEDIATRIC, "training films", train_reps,
@@ -485,11 +486,11 @@ def fit_from_folders(predictor: Any, guard: Any, train_u8: np.ndarray, train_rep
             folders.setdefault((NOT_RADIOGRAPH, f"built-in {source}"), []).append(pixels)
     one_sided_sources = []
     for (kind, source), pixels in sorted(folders.items()):
-        u8 = _u8(pixels, spec)
         log(f"features of {len(pixels)} films: {kind} from {source}")
         if kind in MEASURE_ONLY:
             measured[f"{kind}/{source}"] = Labelled(kind, source, reps_of(pixels), np.arange(len(pixels)))
             continue
+        u8 = _u8(pixels, spec)                   # for augmented copies and one-sided crops only
         extra = augmented(u8, copies, seed) if kind != NOT_RADIOGRAPH or not source.startswith("built-in") else u8[:0]
         reps = reps_of(list(pixels) + list(extra))
         groups = np.concatenate([np.arange(len(pixels))] + [np.arange(len(pixels))] * (len(extra) // len(pixels)))
@@ -506,7 +507,6 @@ def fit_from_folders(predictor: Any, guard: Any, train_u8: np.ndarray, train_rep
     log("fitting the film-type check")
     moderate = guard.moderate / guard.threshold
     scores = {f"{s.kind}/{s.source}": guard.scores(s.reps) for s in [*sets, *measured.values()]}
-    val_scores = guard.scores(val_reps)
     check = fit(sets, val_reps, guard_scores=scores, val_scores=val_scores, seed=seed)
     log("leave-one-source-out evaluation")
     loso = leave_one_source_out(sets, val_reps, scores, moderate=moderate, val_scores=val_scores, seed=seed)

@@ -381,7 +381,7 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
                              "val_augmented": _rate(val_scores[len(val):] > 1.0)}
     predictor.guard = guard
     if film_types is not None:
-        check, ft_info = filmtype.fit_from_folders(predictor, guard, train, train_reps, val_reps, film_types,
+        check, ft_info = filmtype.fit_from_folders(predictor, train, train_reps, val_reps, val_scores, film_types,
                                                    seed=seed, builtin=negatives, log=log)
         predictor.film_types = check
     else:
