@@ -104,15 +104,17 @@ def _discard_upload(current: dict | None) -> None:
         current["upload_dir"].release()
 
 
-def reset_after_job(job: jobs.Job | None) -> None:
+def reset_after_job(job: jobs.Job | None) -> tuple[str, bool] | None:
     """Once a job has started or ended (here, in another session or from the CLI), the data checked before it
-    are stale: the next job starts from an empty form (no folder, no report, Start disabled)."""
+    are stale: the next job starts from an empty form (no folder, no report, Start disabled). Returns the
+    (id, finished) of the latest job as this session last drew the page (this run's on a first visit)."""
     seen = (job.id, job.finished) if job else None
     before = st.session_state.get(SEEN_JOB_KEY, seen)
     st.session_state[SEEN_JOB_KEY] = seen
     if before != seen:
         _discard_upload(st.session_state.pop(DATA_KEY, None))     # this session's own archive, not the job's
         st.session_state[FOLDER_KEY] = ""
+    return before
 
 
 def data_ui() -> dict | None:

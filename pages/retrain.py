@@ -10,8 +10,6 @@ from appkit.retrain_ui import (data_ui, job_progress_ui, job_result_ui, reset_af
                                start_ui, versions_ui)
 from pneumo_core import jobs
 
-SECTION_KEY = "_retrain_section_running"     # session: whether the last run showed a running job
-
 require_app_frame()
 require_admin_page("retrain")
 st.title("Retrain")
@@ -23,15 +21,14 @@ op = st.session_state.get(OP_KEY) or "balanced"
 jobs.remove_stale_uploads()
 
 job = jobs.latest_job()
-reset_after_job(job)
+before = reset_after_job(job)
 # The job section is one slot. When it switches between a running job and the settings (a job started or
 # ended), the slot is emptied first: otherwise the previous run's widgets stay on screen, greyed, beside the
 # new section until this run ends.
 running = job is not None and not job.finished
 slot = st.empty()
-if st.session_state.get(SECTION_KEY, running) != running:
+if (before is not None and not before[1]) != running:
     slot.empty()
-st.session_state[SECTION_KEY] = running
 with slot.container():
     if running:
         st.subheader("Training in progress")
