@@ -139,8 +139,18 @@ def ece_with_interval(y: np.ndarray, p: np.ndarray, *, n_boot: int = 1000, seed:
                       level: float = 0.95) -> tuple[float, list[float | None]]:
     """The bias-corrected ECE and its interval alone (what ``report`` gives, for the same resamples)."""
     y, p = np.asarray(y).astype(int), np.asarray(p, float)
-    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
-    return ece_corrected(ece(y, p), _ece_rows(y[idx].astype(float), p[idx]), level)
+    idx = _resamples(len(y), n_boot, seed)
+    return _ece_interval(y, p, y[idx], p[idx], level)
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The bootstrap's film indices, n_boot x n: the same for ``report`` and ``ece_with_interval``."""
+    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
+
+
+def _ece_interval(y: np.ndarray, p: np.ndarray, yb: np.ndarray, pb: np.ndarray,
+                  level: float) -> tuple[float, list[float | None]]:
+    return ece_corrected(ece(y, p), _ece_rows(yb.astype(float), pb), level)
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int = 1000, seed: int = 0,
@@ -160,7 +170,7 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int, s
     n = len(y)
     if n == 0 or n_boot <= 0:
         return None, {}
-    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    idx = _resamples(n, n_boot, seed)
     yb, pb = y[idx], p[idx]
     pos, called = yb == 1, pb >= threshold
     tp = (pos & called).sum(1).astype(float)
@@ -184,7 +194,7 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, threshold: float, *, n_boot: int, s
     for k, arr in draws.items():
         arr = arr[np.isfinite(arr)]
         out[k] = [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))] if len(arr) else [None, None]
-    corrected, out["ece"] = ece_corrected(ece(y, p), _ece_rows(yb.astype(float), pb), level)
+    corrected, out["ece"] = _ece_interval(y, p, yb, pb, level)
     return corrected, out
 
 
