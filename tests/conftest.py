@@ -93,13 +93,19 @@ def film_png(tmp_path) -> Path:
     return write_png(tmp_path / "film.png", synthetic_film(np.random.default_rng(1), True, 96))
 
 
-def active_weights_root(tmp_path: Path, monkeypatch, model_dir: Path, name: str = "base") -> Path:
-    """A temporary weights root (``$PNEUMO_WEIGHTS_DIR``) holding a copy of ``model_dir`` as the active
-    version ``name``: a copy, so a test may damage or replace its files."""
+def weights_root(tmp_path: Path, model_dir: Path, name: str = "base") -> Path:
+    """``tmp_path/weights`` holding a copy of ``model_dir`` as the active version ``name``: a copy, so a test
+    may damage or replace its files (a server started by a bench test is pointed at it)."""
     root = tmp_path / "weights"
     root.mkdir()
     copy_model_version(model_dir, root, name)
     (root / "ACTIVE").write_text(f"{name}\n")
+    return root
+
+
+def active_weights_root(tmp_path: Path, monkeypatch, model_dir: Path, name: str = "base") -> Path:
+    """``weights_root``, made this process's weights root (``$PNEUMO_WEIGHTS_DIR``)."""
+    root = weights_root(tmp_path, model_dir, name)
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
     return root
 

@@ -8,12 +8,12 @@ Without /usr/bin/chromium it skips locally and FAILS on CI (env CI set), like te
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from bench.load_sessions import (check_markers_distinct, growth_flag, isolation_findings, parse_pct,
                                  probability_matches, tag_of)
+from conftest import weights_root
 from test_browser import require_chromium
 
 OWN = "r1s001_person1_virus_6.jpeg"
@@ -99,9 +99,7 @@ def test_three_concurrent_sessions_each_get_their_own_answer(tmp_path, tiny_mode
     require_chromium()
     from bench.load_sessions import main
 
-    root = tmp_path / "weights"
-    shutil.copytree(tiny_model_dir, root / "tiny")
-    (root / "ACTIVE").write_text("tiny\n")
+    root = weights_root(tmp_path, tiny_model_dir, "tiny")
     out = tmp_path / "load.json"
     summary = main(["--sessions", "3", "--rounds", "1", "--films", str(synthetic_data / "external"),
                     "--weights-root", str(root), "--session-ttl", "2", "--threads", "1",

@@ -8,9 +8,9 @@ one session uploads 3 large films with a session cap that has room for two of th
 from __future__ import annotations
 
 import json
-import shutil
 
 from bench.memory_session import ceiling, settled
+from conftest import weights_root
 from test_browser import require_chromium
 
 
@@ -41,9 +41,7 @@ def test_one_session_of_large_films_stays_under_the_ceiling(tmp_path, tiny_model
     require_chromium()
     from bench.memory_session import main
 
-    root = tmp_path / "weights"
-    shutil.copytree(tiny_model_dir, root / "tiny")
-    (root / "ACTIVE").write_text("tiny\n")
+    root = weights_root(tmp_path, tiny_model_dir, "tiny")
     out = tmp_path / "memory.json"
     summary = main(["--films", "3", "--side", "3000", "--session-mpix", "2.5", "--source",
                     str(synthetic_data / "external"), "--weights-root", str(root), "--timeout", "240",
