@@ -244,11 +244,21 @@ def _signal_group(job_dir: Path, sig: int) -> None:
     pid, start = int(worker.get("pid") or 0), worker.get("start")
     # Only a worker we can identify: without its start time, a reused pid could name another program's
     # process group (the cancel file still stops the worker itself).
-    if pid > 1 and start and _alive(job_dir.name, pid, start):
+    if pid > 1 and start and _alive(job_dir.name, pid, start) and _leads_another_group(pid):
         try:
             os.killpg(pid, sig)        # the worker leads its own session: its process group is its pid
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _leads_another_group(pid: int) -> bool:
+    """Whether ``pid`` leads a process group other than this process's own. A worker always does (it is
+    started in a new session); a worker record naming anything else is not signalled as a group, so a
+    wrong record can never take down this process or the programs that share its group."""
+    try:
+        return os.getpgid(pid) == pid and pid != os.getpgrp()
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def _age(path: Path) -> float:

@@ -226,6 +226,50 @@ def test_a_dead_worker_is_noticed_by_whoever_looks(weights, data):
     assert jobs.running_job() is None
 
 
+def test_a_stuck_cancel_never_signals_the_process_group_of_whoever_looks(tmp_path):
+    """A worker record that names the looking process itself (or a process in its group) is not signalled as a
+    group when a cancel is overdue: CI may run pytest as a group leader, and a signal to that group would end
+    the whole run. A real worker leads its own session and still gets the signal."""
+    script = f"""
+import json, os, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from pneumo_core import jobs
+job_dir = jobs.Path({str(tmp_path)!r}) / "20990101-000000-self00"
+job_dir.mkdir()
+(job_dir / jobs.SPEC).write_text(json.dumps({{"id": job_dir.name}}))
+(job_dir / jobs.STATE).write_text(json.dumps({{"status": "running", "history": []}}))
+(job_dir / jobs.WORKER).write_text(json.dumps({{"pid": os.getpid(), "start": jobs._proc_info(os.getpid())[1]}}))
+(job_dir / jobs.CANCEL).write_text("")
+old = time.time() - jobs.CANCEL_KILL_S - 5
+os.utime(job_dir / jobs.CANCEL, (old, old))
+assert os.getpgrp() == os.getpid()            # this process leads its group, as pytest may on CI
+jobs._reconcile(job_dir)
+print("survived")
+"""
+    looker = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            start_new_session=True)
+    assert looker.returncode == 0 and "survived" in looker.stdout, (looker.returncode, looker.stderr[-2000:])
+
+    same_group = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        assert not jobs._leads_another_group(os.getpid())
+        assert not jobs._leads_another_group(same_group.pid)
+        assert jobs._leads_another_group(worker.pid)
+        for n, proc in enumerate((same_group, worker)):
+            job_dir = tmp_path / f"20990101-000000-grp00{n}"
+            job_dir.mkdir()
+            (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name}))
+            (job_dir / jobs.WORKER).write_text(json.dumps({"pid": proc.pid, "start": jobs._proc_info(proc.pid)[1]}))
+            jobs._signal_group(job_dir, signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+        assert same_group.poll() is None                      # not a group leader: left alone
+    finally:
+        for proc in (same_group, worker):
+            proc.kill()
+            proc.wait()
+
+
 def test_estimate_uses_reference_throughput_then_measured(weights, data):
     from pneumo_core.datacheck import validate_dataset
 

@@ -51,7 +51,10 @@ def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
         if not job.finished:
             jobs.cancel_job(job.id)
             pid = json.loads((job.dir / jobs.WORKER).read_text())["pid"]
-            subprocess.run(["kill", "-9", f"-{pid}"], check=False, capture_output=True)
+            if jobs._leads_another_group(pid):         # never this test process's own group (CI may make
+                os.killpg(pid, 9)                      # pytest a group leader: that would end the whole run)
+    while _STAND_INS:
+        _STAND_INS.pop().wait(timeout=30)
     _clear_caches()
 
 
@@ -417,8 +420,14 @@ def test_a_job_that_ends_resets_the_data_and_the_picker_lists_its_version(weight
 
 # --------------------------------------------------------------------------- honest progress, proposals, charts
 
+_STAND_INS: list[subprocess.Popen] = []
+
+
 def _live_job(weights: Path, state: dict, estimate: dict) -> jobs.Job:
-    """A job that looks alive (its worker record is this test process) with the given state."""
+    """A job that looks alive, with the given state: its worker record names a sleeping process that, like a
+    real worker, leads its own session (the ``weights`` fixture ends it)."""
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    _STAND_INS.append(stand_in)
     job_dir = weights / ".jobs" / "20990101-000000-cccccc"
     job_dir.mkdir(parents=True)
     (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 4, "image_size": 32},
@@ -426,7 +435,7 @@ def _live_job(weights: Path, state: dict, estimate: dict) -> jobs.Job:
                                                  "estimate": estimate, "data_name": "pagedata"}))
     (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "created": "2099-01-01T00:00:00+00:00",
                                                   "history": [], **state}))
-    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": os.getpid(), "start": jobs._proc_info(os.getpid())[1]}))
+    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": stand_in.pid, "start": jobs._proc_info(stand_in.pid)[1]}))
     return jobs.get_job(job_dir.name)
 
 
