@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from pneumo_core.errors import UnreadableImageError
-from pneumo_core.explain import Explanation, explain
-from pneumo_core.io import MAX_PIXELS, XrayImage, read_xray
-from pneumo_core.predict import MODEL_ERRORS, Prediction, Predictor
-
+from pneumo_core.ingest.read import MAX_PIXELS, XrayImage, read_xray
+from pneumo_core.model.explain import Explanation, explain
+from pneumo_core.model.predict import MODEL_ERRORS, Prediction, Predictor
 
 FILM_SIDE = 1024                 # longest side a film is kept at: the screen shows 768, the PDF report 1024
 SESSION_MPIX = 64                # default per-session cap on film pixels kept, megapixels
@@ -91,7 +90,7 @@ class Film:
     refused: bool = False            # ``error`` says why the app would not analyse it (a cap, the rate limit)
     rejection: str | None = None
     caution: str | None = None       # analysed, but outside the validated population (e.g. an adult film)
-    film_type: str | None = None     # pneumo_core.filmtype.CLASSES; None without a film-type check
+    film_type: str | None = None     # pneumo_core.safety.filmtype.CLASSES; None without a film-type check
     predictions: dict[str, Prediction] = field(default_factory=dict)      # by operating point
     explanations: dict[str, Explanation] = field(default_factory=dict)    # by CAM method
 

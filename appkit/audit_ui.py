@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pneumo_core import audit
-from pneumo_core.auth import VIEWER
+from pneumo_core.ops import audit
+from pneumo_core.ops.auth import VIEWER
 
 from .auth_ui import admin_credential, admin_refusal_now, current, session_id
 

@@ -1,6 +1,6 @@
 """Who is using this session (viewer or admin), the sidebar sign-in, and audit events from the app.
 
-The rules live in ``pneumo_core.auth``; this module keeps the role in ``st.session_state`` (local
+The rules live in ``pneumo_core.ops.auth``; this module keeps the role in ``st.session_state`` (local
 password) or reads it from ``st.user`` (OIDC), and checks it again at every admin page and every admin
 action (a button's callback re-checks: a stale page or a hand-made request gets nothing).
 """
@@ -8,18 +8,28 @@ action (a button's callback re-checks: a stale page or a hand-made request gets 
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 import secrets as _secrets
 import time
 from typing import Any, Mapping
 
 import streamlit as st
 
-from pneumo_core import audit
-from pneumo_core.auth import (ADMIN, VIEWER, AuthError, admin_emails, admin_password_hash, oidc_configured,
-                              oidc_provider, read_secrets, role_for_user, verify_password)
-from pneumo_core.throttle import SignInThrottle, ThrottleError
+from pneumo_core.ops import audit
+from pneumo_core.ops.auth import (
+    ADMIN,
+    VIEWER,
+    AuthError,
+    admin_emails,
+    admin_password_hash,
+    oidc_configured,
+    oidc_provider,
+    read_secrets,
+    role_for_user,
+    verify_password,
+)
+from pneumo_core.ops.throttle import SignInThrottle, ThrottleError
 
 from . import client
 

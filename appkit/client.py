@@ -8,7 +8,7 @@ itself (a browser on the server, or a reverse proxy running on it): those client
 that proxy: anyone else can write the header. Without a connection at all (AppTest), the key is the
 session's.
 
-The key is held in memory only; what is written to disk is a keyed hash of it (``pneumo_core.throttle``).
+The key is held in memory only; what is written to disk is a keyed hash of it (``pneumo_core.ops.throttle``).
 """
 
 from __future__ import annotations

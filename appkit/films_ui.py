@@ -8,8 +8,8 @@ from typing import Sequence
 
 import streamlit as st
 
-from pneumo_core.explain import METHODS, Explanation, default_method, overlay
-from pneumo_core.predict import MODEL_ERRORS, Prediction, model_failure, outside_detail
+from pneumo_core.model.explain import METHODS, Explanation, default_method, overlay
+from pneumo_core.model.predict import MODEL_ERRORS, Prediction, model_failure, outside_detail
 
 from .analysis import FILM_SIDE, Film, Upload, decode, held_pixels, over_session_cap, session_pixel_cap
 from .auth_ui import audit_once

@@ -7,7 +7,7 @@ import base64
 import cv2
 import numpy as np
 
-from pneumo_core.explain import encode_png
+from pneumo_core.model.explain import encode_png
 
 DISPLAY_SIDE = 768       # what the screen shows; downloads use the film as kept (analysis.FILM_SIDE)
 THUMB_SIDE = 96

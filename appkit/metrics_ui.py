@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import pandas as pd
 import streamlit as st
 
-from pneumo_core import evaluate as ev
+from pneumo_core.model import metrics as ev
 
 from . import charts
 from .promotion import threshold_warning

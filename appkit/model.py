@@ -16,13 +16,13 @@ from typing import Any, Mapping
 import streamlit as st
 
 from pneumo_core.errors import PneumoError
-from pneumo_core.integrity import card_digest
-from pneumo_core.model import CARD_FILE, read_card, weight_files
-from pneumo_core.filmtype import FILM_TYPE_FILE
-from pneumo_core.ood import OOD_FILE
-from pneumo_core.predict import Predictor
-from pneumo_core.registry import active_model_dir
-from pneumo_core.validation import load_evaluation
+from pneumo_core.model.evaluation import load_evaluation
+from pneumo_core.model.network import CARD_FILE, read_card, weight_files
+from pneumo_core.model.predict import Predictor
+from pneumo_core.ops.integrity import card_digest
+from pneumo_core.ops.registry import active_model_dir
+from pneumo_core.safety.filmtype import FILM_TYPE_FILE
+from pneumo_core.safety.guard import OOD_FILE
 
 OP_KEY = "operating_point"      # session_state key of the sidebar's operating-point selector
 NO_MODEL_HINT = ("Install a model: put its folder (model.safetensors + card.json) in weights/ and write "

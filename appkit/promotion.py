@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pneumo_core.evaluate import MIN_FILMS_PER_CLASS, too_few_films
-from pneumo_core.validation import EVAL_DIR
+from pneumo_core.model.evaluation import EVAL_DIR
+from pneumo_core.model.metrics import MIN_FILMS_PER_CLASS, too_few_films
 
 
 def decision(comparison: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:

@@ -8,9 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from pneumo_core.datacheck import DatasetReport
-from pneumo_core.jobs import Job
-from pneumo_core.registry import VersionInfo
+from pneumo_core.ingest.datacheck import DatasetReport
+from pneumo_core.ops.jobs import Job
+from pneumo_core.ops.registry import VersionInfo
 
 from .text import fmt_ci
 
@@ -64,7 +64,7 @@ def progress(job: Job, now: float | None = None) -> dict[str, Any]:
     promised at the idle machine's speed. A phase running past its estimate is flagged ``overrun`` (time
     left is then a lower bound), and under ``FINISHING_S`` left the page says "finishing", never "0 s".
     """
-    from pneumo_core.jobs import PHASES
+    from pneumo_core.ops.jobs import PHASES
 
     now = time.time() if now is None else now
     state, history = job.state, job.history

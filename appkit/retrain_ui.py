@@ -15,16 +15,27 @@ from typing import Any
 
 import streamlit as st
 
-from pneumo_core import jobs, registry
-from pneumo_core.data import discover_splits, list_labelled
-from pneumo_core.datacheck import DatasetError, DatasetReport, extract_zip, validate_dataset
 from pneumo_core.errors import ModelLoadError, PneumoError
-from pneumo_core.model import LABELS, imagenet_weights_path, read_card
+from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, extract_zip, validate_dataset
+from pneumo_core.ingest.folders import discover_splits, list_labelled
+from pneumo_core.model.network import LABELS, imagenet_weights_path, read_card
+from pneumo_core.ops import jobs, registry
 
 from . import charts, promotion
 from .auth_ui import audit_event, require_admin_action
-from .retrain import (BASE_LABELS, STATUS_WORDS, comparison_frame, comparison_splits, counts_frame, fmt_duration,
-                      phase_text, progress, time_left_text, unreadable_frame, versions_frame)
+from .retrain import (
+    BASE_LABELS,
+    STATUS_WORDS,
+    comparison_frame,
+    comparison_splits,
+    counts_frame,
+    fmt_duration,
+    phase_text,
+    progress,
+    time_left_text,
+    unreadable_frame,
+    versions_frame,
+)
 from .text import op_label
 
 DATA_KEY = "_retrain_data"        # session: the checked data {"kind", "key", "report" | "error", "upload_dir"}

@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from pneumo_core.csvcell import LINE_END, safe_cell
 from pneumo_core.errors import UnreadableImageError
-from pneumo_core.io import XrayImage, read_xray
-from pneumo_core.predict import MODEL_ERRORS, Predictor, Record, model_failure, screened_record
+from pneumo_core.ingest.read import XrayImage, read_xray
+from pneumo_core.model.predict import MODEL_ERRORS, Predictor, Record, model_failure, screened_record
+from pneumo_core.ops.csvcell import LINE_END, safe_cell
 
 from .analysis import FILM_SIDE, Upload
 from .images import thumbnail_uri
@@ -111,7 +111,7 @@ def sort_worklist(rows: Sequence[TriageRow]) -> list[TriageRow]:
 
 
 def film_type_text(film_type: str | None) -> str:
-    """A film type (``pneumo_core.filmtype.CLASSES``) in words; empty without a film-type check."""
+    """A film type (``pneumo_core.safety.filmtype.CLASSES``) in words; empty without a film-type check."""
     return (film_type or "").replace("_", " ")
 
 

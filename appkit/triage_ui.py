@@ -6,7 +6,7 @@ from typing import Sequence
 
 import streamlit as st
 
-from pneumo_core.predict import outside_detail
+from pneumo_core.model.predict import outside_detail
 
 from .analysis import Upload
 from .auth_ui import audit_events

@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CHROMIUM, CHROMIUM_ARGS, ROOT, start_streamlit, stop_streamlit, clinic_size_jpeg  # noqa: E402
+from bench.common import CHROMIUM, CHROMIUM_ARGS, ROOT, clinic_size_jpeg, start_streamlit, stop_streamlit  # noqa: E402
+
 DONE = ("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 1 && "
         "[...document.querySelectorAll('[data-testid=stImage] img')]"
         ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")

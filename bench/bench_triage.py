@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from appkit.analysis import Upload  # noqa: E402
 from appkit.triage import triage  # noqa: E402
-from bench.common import DATA, load_predictor, clinic_size_jpeg  # noqa: E402
+from bench.common import DATA, clinic_size_jpeg, load_predictor  # noqa: E402
 
 DEFAULT_FILMS = DATA / "external"
 

@@ -38,8 +38,8 @@ def load_predictor(model: str | None, threads: int):
     """(Predictor, its folder, seconds to load) for --model or the active model, on ``threads`` CPU threads."""
     import torch
 
-    from pneumo_core.predict import Predictor
-    from pneumo_core.registry import active_model_dir
+    from pneumo_core.model.predict import Predictor
+    from pneumo_core.ops.registry import active_model_dir
 
     torch.set_num_threads(threads)
     model_dir = Path(model) if model else active_model_dir()

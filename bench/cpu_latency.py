@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pneumo_core.explain import explain, overlay  # noqa: E402
-from pneumo_core.io import read_xray  # noqa: E402
 from bench.common import DATA, load_predictor  # noqa: E402
+from pneumo_core.ingest.read import read_xray  # noqa: E402
+from pneumo_core.model.explain import explain, overlay  # noqa: E402
 
 
 def percentile(xs: list[float], q: float) -> float:

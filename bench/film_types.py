@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pneumo_core.predict import Predictor, predict_files  # noqa: E402
-from pneumo_core.registry import active_model_dir  # noqa: E402
+from pneumo_core.model.predict import Predictor, predict_files  # noqa: E402
+from pneumo_core.ops.registry import active_model_dir  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 FOLDERS = ("frontal_chest_adult", "lateral_chest", "other_radiograph", "other_modality")

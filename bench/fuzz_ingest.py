@@ -76,7 +76,7 @@ from PIL import Image  # noqa: E402
 
 from bench.common import DATA, ROOT, load_predictor  # noqa: E402
 from pneumo_core.errors import UnreadableImageError  # noqa: E402
-from pneumo_core.io import ALLOWED_METADATA, MAX_PIXELS, MAX_SIDE, MIN_SIDE, XrayImage, read_xray  # noqa: E402
+from pneumo_core.ingest.read import ALLOWED_METADATA, MAX_PIXELS, MAX_SIDE, MIN_SIDE, XrayImage, read_xray  # noqa: E402
 
 DEFAULT_OUT = ROOT / "artifacts" / "fuzz"
 OUTCOMES = ("ok", "rejected", "refused", "failure")
@@ -139,8 +139,14 @@ def _dicom(uid: str, arr: np.ndarray, photometric: str = "MONOCHROME2", bits: in
 def seed_variants(g8: np.ndarray, uid: str) -> dict[str, tuple[str, Callable[[], bytes]]]:
     """name -> (format, builder) for one 8-bit film."""
     from conftest_io_helpers import encode_jpeg_lossless_sv1, voi_lut_sequence
-    from pydicom.uid import (DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
-                             JPEGLosslessSV1, JPEGLSLossless, RLELossless)
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        RLELossless,
+    )
 
     g12 = np.rint(g8.astype(np.float64) * 4095 / 255).astype(np.uint16)
     g16 = (g8.astype(np.uint16) * 257).astype(np.uint16)
@@ -1262,7 +1268,7 @@ class Fuzzer:
 
     # -- prediction, batched
     def _screen(self, images: list[XrayImage]) -> list:
-        from pneumo_core.predict import screened_record
+        from pneumo_core.model.predict import screened_record
 
         screened = self.predictor.screen_many(images, self.name, batch_size=len(images), predict_rejected=True)
         return [(s, screened_record("fuzz", im, s, self.name, self.threshold, self.predictor.version))
@@ -1311,7 +1317,7 @@ class Fuzzer:
             self._judge(case, screened, record, ingest_s + share)
 
     def _judge(self, case: Case, screened, record, seconds: float) -> None:
-        from pneumo_core.model import LABELS
+        from pneumo_core.model.network import LABELS
 
         pred = screened.prediction
         if pred is None:

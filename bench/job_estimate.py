@@ -2,7 +2,7 @@
 
     python bench/job_estimate.py [--sizes small,medium,large] [--no-film-types] [--json OUT]
 
-Each job is a real background job (``pneumo_core.jobs.start_job``, its own worker process, as the Retrain
+Each job is a real background job (``pneumo_core.ops.jobs.start_job``, its own worker process, as the Retrain
 page starts it): a fine-tune of the active version on a subset of the project's films (symlinks into
 ``shared/data/chest_xray``), in a temporary weights folder, so the real registry is never touched. The jobs
 run one after another in one jobs folder, so from the second on the estimate is also corrected by the
@@ -69,8 +69,8 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
 
 
 def run_job(name: str, work: Path, weights: Path) -> dict[str, Any]:
-    from pneumo_core import jobs
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
+    from pneumo_core.ops import jobs
 
     per_class, epochs, size = SIZES[name]
     data = subset(work / f"data-{name}", per_class)
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--no-film-types", action="store_true", help="fit no film-type check (PNEUMO_FILM_TYPES='')")
     ap.add_argument("--json", default=str(ROOT / "artifacts" / "job_estimate" / "summary.json"))
     args = ap.parse_args()
-    from pneumo_core.registry import active_model_dir
+    from pneumo_core.ops.registry import active_model_dir
 
     if args.no_film_types:
         os.environ["PNEUMO_FILM_TYPES"] = ""

@@ -164,7 +164,7 @@ def choose_films(predictor, folder: Path, n: int, seed: int = 0) -> tuple[list[R
     from appkit.analysis import FILM_SIDE
     from appkit.text import fmt_pct
     from pneumo_core.errors import UnreadableImageError
-    from pneumo_core.io import read_xray
+    from pneumo_core.ingest.read import read_xray
 
     rng = random.Random(seed)
     pools = []
@@ -299,8 +299,9 @@ def growth_flag(round_peaks_mb: Sequence[float], rounds_after_mb: Sequence[float
 
 def find_listener_pid(url: str) -> int | None:
     """The pid listening on the URL's port (for --url without --server-pid), if it can be seen."""
-    import psutil
     from urllib.parse import urlparse
+
+    import psutil
 
     port = urlparse(url).port
     with contextlib.suppress(psutil.Error, OSError):
@@ -538,8 +539,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     wall = time.perf_counter()
     import torch
 
-    from pneumo_core.predict import Predictor
-    from pneumo_core.registry import active_model_dir
+    from pneumo_core.model.predict import Predictor
+    from pneumo_core.ops.registry import active_model_dir
 
     root = Path(args.weights_root) if args.weights_root else default_weights_root()
     model_dir = active_model_dir(root)

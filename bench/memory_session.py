@@ -31,8 +31,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import CHROMIUM, CHROMIUM_ARGS, DATA, start_streamlit, stop_streamlit  # noqa: E402
-from bench.load_sessions import (UPLOADER, RssSampler, default_weights_root, env, mb, probe,  # noqa: E402
-                                 renice_clients, short_error)
+from bench.load_sessions import UPLOADER, RssSampler, default_weights_root, env, mb, probe, renice_clients, short_error  # noqa: E402
 
 # Counted in the page: a film's card has settled when it shows one of these.
 CARD_STATES_JS = """() => {
@@ -93,7 +92,7 @@ def make_films(n: int, side: int, source: Path | None, seed: int = 0) -> list[tu
 def ceiling(baseline_bytes: int, upload_bytes: int, session_mpix: float | None) -> dict:
     """The stated ceiling for one session (``appkit.analysis.session_memory_bound``), with its parts, MB."""
     from appkit.analysis import DECODE_BYTES_PER_PIXEL, PAGE_ALLOWANCE, session_memory_bound, session_pixel_cap
-    from pneumo_core.io import MAX_PIXELS
+    from pneumo_core.ingest.read import MAX_PIXELS
 
     with env(**({"PNEUMO_SESSION_MPIX": str(session_mpix)} if session_mpix else {})):
         bound, cap = session_memory_bound(upload_bytes), session_pixel_cap()

@@ -36,11 +36,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import DATA  # noqa: E402
-from pneumo_core import candidates as cand  # noqa: E402
-from pneumo_core import evaluate as ev  # noqa: E402
-from pneumo_core.data import discover_splits, list_labelled, load_images  # noqa: E402
-from pneumo_core.model import Ensemble, default_input_spec, load_model, save_ensemble, save_model  # noqa: E402
-from pneumo_core.train import predict_logits  # noqa: E402
+from pneumo_core.ingest.folders import discover_splits, list_labelled, load_images  # noqa: E402
+from pneumo_core.model import compare as cand  # noqa: E402
+from pneumo_core.model import metrics as ev  # noqa: E402
+from pneumo_core.model.network import Ensemble, default_input_spec, load_model, save_ensemble, save_model  # noqa: E402
+from pneumo_core.model.train import predict_logits  # noqa: E402
 
 
 def decode(folder: Path, size: int) -> tuple[torch.Tensor, np.ndarray]:

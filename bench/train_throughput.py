@@ -3,7 +3,7 @@
     python bench/train_throughput.py [--sizes 112,128,144] [--threads 2] [--batch 32] [--steps 6] [--json OUT]
 
 One step = augmentation + mixup + forward + backward + AdamW update, as in
-``pneumo_core.train`` (synthetic uint8 films, so no disk). Reports images per
+``pneumo_core.model.train`` (synthetic uint8 films, so no disk). Reports images per
 second after two warm-up steps for: fp32, fp32 + channels_last, bf16 autocast,
 and bf16 autocast + channels_last (bf16 rows only where the CPU has bf16
 instructions, or on CUDA). Numbers are noisy on a shared machine: run it alone.
@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pneumo_core import augment as aug  # noqa: E402
-from pneumo_core.model import build_densenet121, default_input_spec  # noqa: E402
-from pneumo_core.preprocess import normalise  # noqa: E402
-from pneumo_core.train import _cpu_has_bf16, pick_device  # noqa: E402
+from pneumo_core.ingest.preprocess import normalise  # noqa: E402
+from pneumo_core.model import augment as aug  # noqa: E402
+from pneumo_core.model.network import build_densenet121, default_input_spec  # noqa: E402
+from pneumo_core.model.train import _cpu_has_bf16, pick_device  # noqa: E402
 
 
 def measure(size: int, bf16: bool, channels_last: bool, *, batch: int, steps: int, device: torch.device) -> float:

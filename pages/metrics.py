@@ -4,8 +4,16 @@ import streamlit as st
 
 from appkit import charts
 from appkit.frame import require_app_frame
-from appkit.metrics_ui import (calibration_note_ui, card_ui, explain_ui, headline_ui, provenance_ui, splits_ui,
-                               sweep_ui, threshold_note_ui)
+from appkit.metrics_ui import (
+    calibration_note_ui,
+    card_ui,
+    explain_ui,
+    headline_ui,
+    provenance_ui,
+    splits_ui,
+    sweep_ui,
+    threshold_note_ui,
+)
 from appkit.model import evaluation, operating_point, require_model
 
 require_app_frame()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from appkit.films_ui import films_for, film_ui, uploads_ui
+from appkit.films_ui import film_ui, films_for, uploads_ui
 from appkit.frame import require_app_frame
 from appkit.model import operating_point, require_model
 

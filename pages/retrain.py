@@ -1,14 +1,22 @@
 """Retrain: adapt the model to local films in a background job, compare it with the active model, promote
-or roll back. The job runs in its own process (pneumo_core.jobs); this page only starts it and reads it."""
+or roll back. The job runs in its own process (pneumo_core.ops.jobs); this page only starts it and reads it."""
 
 import streamlit as st
 
 from appkit.auth_ui import require_admin_page
 from appkit.frame import require_app_frame
 from appkit.model import OP_KEY
-from appkit.retrain_ui import (data_ui, job_progress_ui, job_result_ui, reset_after_job, settings_ui, show_flash,
-                               start_ui, versions_ui)
-from pneumo_core import jobs
+from appkit.retrain_ui import (
+    data_ui,
+    job_progress_ui,
+    job_result_ui,
+    reset_after_job,
+    settings_ui,
+    show_flash,
+    start_ui,
+    versions_ui,
+)
+from pneumo_core.ops import jobs
 
 require_app_frame()
 require_admin_page("retrain")

@@ -68,10 +68,10 @@ def synthetic_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
     """A real model folder (weights, card, evaluation artifacts) from two CPU epochs at 32 px."""
-    from pneumo_core.train import TrainConfig, fit
-    from pneumo_core.validation import calibrate_model
-
     import torch
+
+    from pneumo_core.model.evaluation import calibrate_model
+    from pneumo_core.model.train import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     cfg = TrainConfig(epochs=2, batch_size=8, image_size=32, lr=3e-3, device="cpu", bf16=False,
@@ -114,7 +114,7 @@ def copy_model_version(src: Path, root: Path, name: str) -> Path:
     """A copy of the model folder ``src`` as version ``name`` under the weights root ``root``."""
     import shutil
 
-    from pneumo_core.model import read_card, write_card
+    from pneumo_core.model.network import read_card, write_card
 
     folder = root / name
     shutil.copytree(src, folder)

@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from appkit.auth_ui import PASSWORD_KEY
-from pneumo_core.auth import set_admin_password
+from pneumo_core.ops.auth import set_admin_password
 
 ADMIN_PASSWORD = "correct horse battery staple"
 _MENU: list[str] = []

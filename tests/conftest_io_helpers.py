@@ -168,7 +168,7 @@ def bundled_dicom(name: str) -> Path:
 # --------------------------------------------------------------------------- contract
 
 def assert_valid_xray(result) -> None:
-    from pneumo_core.io import ALLOWED_METADATA, XrayImage
+    from pneumo_core.ingest.read import ALLOWED_METADATA, XrayImage
 
     assert isinstance(result, XrayImage)
     px = result.pixels

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+from conftest import synthetic_film
+from conftest_io_helpers import make_dicom
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import synthetic_film
-from conftest_io_helpers import make_dicom
-from pneumo_core.model import write_card
+from pneumo_core.model.network import write_card
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -345,7 +345,7 @@ def test_triage_is_not_recomputed_on_a_rerun(weights, monkeypatch):
 # --------------------------------------------------------------------------- metrics
 
 def test_metrics_page_renders_plotly_charts_from_saved_artifacts(weights, monkeypatch):
-    import pneumo_core.predict as predict
+    import pneumo_core.model.predict as predict
 
     monkeypatch.setattr(predict.Predictor, "logits", lambda *a, **k: pytest.fail("metrics must not run the model"))
     at = open_app("metrics")

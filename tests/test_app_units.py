@@ -11,20 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_app import SECRETS, dicom, film, png
 
 from appkit.analysis import Upload, decode
 from appkit.charts import ppv_npv
 from appkit.report import latin1, pdf_report
 from appkit.text import card_summary, metadata_rows, split_description
 from appkit.triage import CSV_COLUMNS, triage, worklist_csv
-from test_app import SECRETS, dicom, film, png
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir):
-    from pneumo_core.predict import Predictor
+    from pneumo_core.model.predict import Predictor
 
     return Predictor.from_dir(tiny_model_dir)
 
@@ -92,7 +92,7 @@ def test_worklist_csv_cells_never_start_like_a_formula(predictor):
 
 
 def test_safe_cell_changes_text_only():
-    from pneumo_core.csvcell import safe_cell
+    from pneumo_core.ops.csvcell import safe_cell
 
     assert [safe_cell(v) for v in ("=1", "+1", "-1", "@a", "\t1", "\r1")] == ["'=1", "'+1", "'-1", "'@a", "'\t1",
                                                                           "'\r1"]
@@ -140,7 +140,7 @@ def test_metadata_rows_are_an_allow_list():
 def test_card_texts_come_from_the_card(tiny_model_dir):
     import json
 
-    from pneumo_core.validation import load_evaluation
+    from pneumo_core.model.evaluation import load_evaluation
 
     card = json.loads((tiny_model_dir / "card.json").read_text())
     line = card_summary(card)

@@ -28,7 +28,7 @@ def _run(code: str, blocked: set[str]) -> subprocess.CompletedProcess:
 def test_core_never_imports_streamlit():
     offenders = [p.name for p in (ROOT / "pneumo_core").glob("*.py") if "import streamlit" in p.read_text()]
     assert offenders == []
-    out = _run("import pneumo_core.cli, pneumo_core.predict, pneumo_core.explain, pneumo_core.validation", {"streamlit"})
+    out = _run("import pneumo_core.cli.main, pneumo_core.model.predict, pneumo_core.model.explain, pneumo_core.model.evaluation", {"streamlit"})
     assert out.returncode == 0, out.stderr
 
 
@@ -37,8 +37,8 @@ def test_training_runs_without_dicom_gradcam_or_streamlit(tmp_path):
 
     data = make_dataset(tmp_path / "d", {"train": 4, "val": 2})
     code = f"""
-from pneumo_core.train import TrainConfig, fit
-from pneumo_core.validation import calibrate_model
+from pneumo_core.model.train import TrainConfig, fit
+from pneumo_core.model.evaluation import calibrate_model
 fit({str(data)!r}, {str(tmp_path / 'm')!r}, TrainConfig(epochs=1, batch_size=4, image_size=32, device='cpu',
     bf16=False, channels_last=False, workers=1))
 calibrate_model({str(tmp_path / 'm')!r}, {str(data)!r}, n_boot=10)

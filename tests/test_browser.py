@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_film
+from conftest_io_helpers import make_dicom
 from PIL import Image
 
 from bench.common import CHROMIUM, CHROMIUM_ARGS, start_streamlit, stop_streamlit
-from conftest import synthetic_film
-from conftest_io_helpers import make_dicom
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -95,10 +95,10 @@ def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_
     (issue #17, item 5); the admin password typed into the sidebar opens Retrain and the Audit log; the audit
     log records both, without names."""
     require_chromium()
+    from conftest_app_helpers import ADMIN_PASSWORD, set_password
     from playwright.sync_api import expect, sync_playwright
 
-    from conftest_app_helpers import ADMIN_PASSWORD, set_password
-    from pneumo_core import audit
+    from pneumo_core.ops import audit
 
     set_password()
     ARTIFACTS.mkdir(exist_ok=True)

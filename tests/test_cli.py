@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_film, write_png
-from pneumo_core.cli import main
+
+from pneumo_core.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = {"file", "status", "probability", "label", "threshold", "model_version", "message"}

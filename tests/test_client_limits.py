@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
-
 from conftest_app_helpers import ADMIN_PASSWORD, record_menu, set_password, sign_in  # noqa: F401 (autouse)
+from streamlit.testing.v1 import AppTest
 from test_app import errors, film, texts, unescaped, upload
-from test_trust import APP, _cli, _clear_caches, events, nav_titles, open_app, weights  # noqa: F401 (fixture)
+from test_trust import APP, _clear_caches, _cli, events, nav_titles, open_app, weights  # noqa: F401 (fixture)
 
 ADMIN_PAGES = ["Predict", "Triage", "Metrics", "Retrain", "Audit log"]
 
@@ -112,7 +111,7 @@ def test_held_back_films_say_limit_reached_not_unreadable(weights, client, monke
 
 def test_triage_counts_held_back_films_as_not_analysed_not_unreadable(weights, client, monkeypatch):
     from appkit.triage import TriageRow, worklist_csv
-    from pneumo_core.predict import Record
+    from pneumo_core.model.predict import Record
 
     monkeypatch.setenv("PNEUMO_RATE_FILMS", "3")         # an unreadable file counts against the quota too
     at = open_app("triage")

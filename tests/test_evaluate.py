@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumo_core import evaluate as ev
-
+from pneumo_core.model import metrics as ev
 
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 P = np.array([0.9, 0.8, 0.6, 0.15, 0.7, 0.4, 0.2, 0.1, 0.1, 0.05])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo_core.explain import METHODS, explain, overlay
-from pneumo_core.io import read_xray
-from pneumo_core.predict import Predictor
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model.explain import METHODS, explain, overlay
+from pneumo_core.model.predict import Predictor
 
 
 @pytest.fixture(scope="module")

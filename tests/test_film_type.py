@@ -12,21 +12,21 @@ Two levels, both CPU and seconds:
 from __future__ import annotations
 
 import contextlib
-import re
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_film, write_png
-from pneumo_core import filmtype as ft
-from pneumo_core.cli import main
+
+from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import read_card
-from pneumo_core.predict import Predictor
+from pneumo_core.model.network import read_card
+from pneumo_core.model.predict import Predictor
+from pneumo_core.safety import filmtype as ft
 
 D_POOLED, D_LAYOUT = 24, 12
 

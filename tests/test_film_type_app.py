@@ -16,16 +16,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_app import film, open_app, png, upload, weights  # noqa: F401  (weights: a fixture)
+from test_app_units import _inflate
 
 from appkit.analysis import Upload
 from appkit.films_ui import label_badges
 from appkit.triage import CSV_COLUMNS, TriageRow, sort_worklist, triage, worklist_csv, worklist_frame
 from appkit.triage_ui import FLAG_TINT, OUTSIDE_TINT, row_tint
-from pneumo_core import audit
-from pneumo_core.filmtype import ADULT, ADULT_CAUTION, ADULT_WARNING, PEDIATRIC
-from pneumo_core.predict import Record
-from test_app import film, open_app, png, upload, weights  # noqa: F401  (weights: a fixture)
-from test_app_units import _inflate
+from pneumo_core.model.predict import Record
+from pneumo_core.ops import audit
+from pneumo_core.safety.filmtype import ADULT, ADULT_CAUTION, ADULT_WARNING, PEDIATRIC
 
 ADULT_WIDTH = 112          # films this wide are adult films for ``adult_check``; test_app's films are 96 px
 PLAIN_BADGES = (":red-badge[", ":green-badge[")
@@ -33,7 +33,7 @@ PLAIN_BADGES = (":red-badge[", ":green-badge[")
 
 @pytest.fixture()
 def adult_check(monkeypatch):
-    import pneumo_core.predict as predict
+    import pneumo_core.model.predict as predict
 
     real = predict.Predictor.screen_many
 
@@ -206,7 +206,7 @@ def test_worklist_csv_has_film_type_and_outside_validated_use():
 
 
 def test_triage_of_adult_films_through_the_core(tiny_model_dir, adult_check):
-    from pneumo_core.predict import Predictor
+    from pneumo_core.model.predict import Predictor
 
     predictor = Predictor.from_dir(tiny_model_dir)
     uploads = [Upload.of("adult.png", adult_film(4, True)), Upload.of("child.png", film(5, False)),

@@ -2,7 +2,7 @@
 (an unexpected exception type, a case over the time limit, a case over the memory cap, a multi-line
 refusal), and ``--case K`` rebuilds the same bytes, in this process and in a fresh one.
 
-Also the regression cases for the two bugs the fuzzer found in pneumo_core.io: a DICOM frame header
+Also the regression cases for the two bugs the fuzzer found in pneumo_core.ingest.read: a DICOM frame header
 declaring no size (or more than the dataset) sent the decoders into a 24 GB / 40 s allocation, and a
 colour film inside the pixel cap took the process past 4 GB.
 """
@@ -21,7 +21,7 @@ import pytest
 
 from bench import fuzz_ingest as fuzz
 from pneumo_core.errors import ModelLoadError, UnreadableImageError
-from pneumo_core.io import read_xray
+from pneumo_core.ingest.read import read_xray
 
 ROOT = Path(__file__).resolve().parent.parent
 N_CLEAN = 300
@@ -30,7 +30,7 @@ N_CLEAN = 300
 @pytest.fixture(scope="module")
 def model_dir(request) -> Path:
     """The shipped model (it has an OOD guard, so the whole check runs); the tiny one if it is absent."""
-    from pneumo_core.registry import active_model_dir
+    from pneumo_core.ops.registry import active_model_dir
 
     try:
         return active_model_dir(ROOT / "weights")

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+from conftest import active_weights_root, copy_model_version, synthetic_film, write_png
 from streamlit.testing.v1 import AppTest
 
-from conftest import active_weights_root, copy_model_version, synthetic_film, write_png
-from pneumo_core import audit, integrity, registry
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import CARD_FILE, read_card, write_card
+from pneumo_core.model.network import CARD_FILE, read_card, write_card
+from pneumo_core.ops import audit, integrity, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "weights"
@@ -156,7 +156,8 @@ def test_the_key_is_made_once_private_and_outside_the_weights(tmp_path, monkeypa
 
 
 def test_the_running_app_notices_a_card_edit_and_stops_serving_it(tmp_path, monkeypatch, tiny_model_dir):
-    from test_app import errors, film as app_film, upload
+    from test_app import errors, upload
+    from test_app import film as app_film
 
     root = active_weights_root(tmp_path, monkeypatch, tiny_model_dir)
     st.cache_resource.clear()

@@ -1,4 +1,4 @@
-"""Tests of pneumo_core.io: every fixture is built here, in memory (see conftest_io_helpers)."""
+"""Tests of pneumo_core.ingest.read: every fixture is built here, in memory (see conftest_io_helpers)."""
 
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
-import pneumo_core.io as xio  # noqa: E402
+import pneumo_core.ingest.read as xio  # noqa: E402
 from pneumo_core.errors import (  # noqa: E402
     ImageTooLargeError,
     ImageTooSmallError,
     UnreadableImageError,
     UnsupportedImageError,
 )
-from pneumo_core.io import XrayImage, read_dicom_dataset, read_xray  # noqa: E402
+from pneumo_core.ingest.read import XrayImage, read_dicom_dataset, read_xray  # noqa: E402
 
 F = film()                       # 256x256, 12-bit, spans exactly 0..4095
 F8 = film8(F)                    # its 8-bit quantisation (spans 0..255)

@@ -16,7 +16,7 @@ from conftest_io_helpers import assert_valid_xray, film, film8, make_dicom, pil_
 from pydicom.uid import RLELossless  # noqa: E402
 
 from pneumo_core.errors import UnreadableImageError  # noqa: E402
-from pneumo_core.io import read_xray  # noqa: E402
+from pneumo_core.ingest.read import read_xray  # noqa: E402
 
 _F = film((64, 64))
 SEEDS = {

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_dataset, synthetic_film, write_png
 from filelock import FileLock
 
-from conftest import make_dataset, synthetic_film, write_png
-from pneumo_core.io import read_xray
-from pneumo_core.predict import Predictor
-from pneumo_core import audit, jobs, registry
-from pneumo_core.cli import main
-from pneumo_core.datacheck import DatasetError
+from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.ingest.datacheck import DatasetError
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.model.predict import Predictor
+from pneumo_core.ops import audit, jobs, registry
 
 FAST = dict(epochs=2, batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,
             ema_decay=0.9, lr=3e-3)
@@ -233,7 +233,7 @@ def test_a_stuck_cancel_never_signals_the_process_group_of_whoever_looks(tmp_pat
     script = f"""
 import json, os, sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from pneumo_core import jobs
+from pneumo_core.ops import jobs
 job_dir = jobs.Path({str(tmp_path)!r}) / "20990101-000000-self00"
 job_dir.mkdir()
 (job_dir / jobs.SPEC).write_text(json.dumps({{"id": job_dir.name}}))
@@ -271,7 +271,7 @@ print("survived")
 
 
 def test_estimate_uses_reference_throughput_then_measured(weights, data):
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
 
     report = validate_dataset(data)
     cfg = {"epochs": 10, "image_size": 224}
@@ -288,14 +288,14 @@ def test_estimate_uses_reference_throughput_then_measured(weights, data):
 def test_the_job_path_imports_nothing_the_gpu_machine_lacks():
     from test_boundaries import _run
 
-    out = _run("import pneumo_core.jobs, pneumo_core.registry_cli, pneumo_core.datacheck, pneumo_core.cli\n"
-               "from pneumo_core.predict import Predictor\nprint('ok')",
+    out = _run("import pneumo_core.ops.jobs, pneumo_core.cli.models, pneumo_core.ingest.datacheck, pneumo_core.cli.main\n"
+               "from pneumo_core.model.predict import Predictor\nprint('ok')",
                {"streamlit", "pydicom", "pytorch_grad_cam", "pylibjpeg"})
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
 def test_estimate_prefers_a_pace_measured_on_this_machine_at_a_similar_size(weights, data):
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
 
     report = validate_dataset(data)
     for job_id, size, pace in (("20990101-000000-000001", 224, 100.0), ("20990101-000000-000002", 32, 5000.0)):
@@ -312,8 +312,9 @@ def test_estimate_prefers_a_pace_measured_on_this_machine_at_a_similar_size(weig
 
 
 def test_an_uploaded_archive_belongs_to_its_job_and_is_removed_when_it_ends(weights, data):
-    from pneumo_core.datacheck import extract_zip
     from test_datacheck import zip_folder
+
+    from pneumo_core.ingest.datacheck import extract_zip
 
     upload = jobs.new_upload_dir()
     root = extract_zip(zip_folder(data, "some-folder/"), upload)
@@ -327,7 +328,7 @@ def test_an_uploaded_archive_belongs_to_its_job_and_is_removed_when_it_ends(weig
 
 
 def test_estimate_counts_every_phase_and_the_guard_reads_whole_folders(weights, data, tmp_path):
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
 
     report = validate_dataset(data)
     assert report.read_s and report.read_s > 0                       # the check timed its own decoding
@@ -351,7 +352,7 @@ def test_estimate_counts_every_phase_and_the_guard_reads_whole_folders(weights, 
 
 
 def test_estimate_corrects_itself_from_this_machines_finished_jobs(weights, data):
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
 
     report = validate_dataset(data)
     cfg = {"epochs": 3, "image_size": 128}
@@ -387,7 +388,7 @@ def test_estimate_corrects_itself_from_this_machines_finished_jobs(weights, data
 
 
 def test_the_proposal_is_a_short_fine_tune_on_a_cpu_and_the_full_recipe_on_a_gpu(weights, data):
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
 
     report = validate_dataset(data)
     card = json.loads((weights / "base" / CARD_FILE).read_text())

@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from bench.load_sessions import (check_markers_distinct, growth_flag, isolation_findings, parse_pct,
-                                 probability_matches, tag_of)
 from conftest import weights_root
 from test_browser import require_chromium
+
+from bench.load_sessions import (
+    check_markers_distinct,
+    growth_flag,
+    isolation_findings,
+    parse_pct,
+    probability_matches,
+    tag_of,
+)
 
 OWN = "r1s001_person1_virus_6.jpeg"
 OTHERS = ["w0s000_IM-0006-0001.jpeg", "r1s002_person1_virus_60.jpeg", "r1s003_IM-0007-0001.jpeg"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 
-from bench.memory_session import ceiling, settled
 from conftest import weights_root
 from test_browser import require_chromium
+
+from bench.memory_session import ceiling, settled
 
 
 def state(**kw) -> dict:

@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from pneumo_core.errors import ModelLoadError, WeightsUnavailableError
-from pneumo_core.model import (
-    CARD_FILE, WEIGHTS_FILE, build_densenet121, create_model, default_input_spec, imagenet_weights_path,
-    load_model, save_model,
+from pneumo_core.model.network import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    build_densenet121,
+    create_model,
+    default_input_spec,
+    imagenet_weights_path,
+    load_model,
+    save_model,
 )
 
 

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_film, write_png
 from conftest_io_helpers import film, make_dicom, png_bytes
-from pneumo_core import ood
-from pneumo_core.cli import main
+
+from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.guard import model_free_reason
-from pneumo_core.io import read_xray
-from pneumo_core.model import read_card, sha256_file, write_card
-from pneumo_core.predict import Predictor, predict_files
+from pneumo_core.files import sha256_file
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model.network import read_card, write_card
+from pneumo_core.model.predict import Predictor, predict_files
+from pneumo_core.safety import guard as ood
+from pneumo_core.safety.checks import model_free_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
@@ -135,7 +136,7 @@ def test_fit_guard_records_threshold_and_rates_and_leaves_the_weights(guarded):
     neg = info["negative_rejection"]
     assert neg["n"] >= 30 and neg["rate"] == neg["rejected"] / neg["n"]
     assert {"photo", "document", "noise", "ct", "mr", "ct_as_OT", "mr_as_OT"} <= set(neg["per_category"])
-    from appkit.text import guard_summary                                   # what the Metrics page shows
+    from appkit.text import guard_summary  # what the Metrics page shows
 
     assert "test/" in guard_summary(card) and "non-chest" in guard_summary(card)
 

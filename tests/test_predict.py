@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest_io_helpers import film, film8, make_dicom, png_bytes
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from conftest_io_helpers import film, film8, make_dicom, png_bytes
-from pneumo_core.guard import rejection_reason
-from pneumo_core.io import read_xray
-from pneumo_core.predict import Predictor
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model.predict import Predictor
+from pneumo_core.safety.checks import rejection_reason
 
 
 @pytest.fixture(scope="module")

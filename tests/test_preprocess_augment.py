@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pneumo_core import augment as aug
-from pneumo_core.model import default_input_spec
-from pneumo_core.preprocess import normalise, resize, to_batch, to_uint8
+from pneumo_core.ingest.preprocess import normalise, resize, to_batch, to_uint8
+from pneumo_core.model import augment as aug
+from pneumo_core.model.network import default_input_spec
 
 
 def test_resize_squashes_to_square_in_range():

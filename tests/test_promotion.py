@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from appkit import promotion
-from pneumo_core import candidates as cand
-from pneumo_core import evaluate as ev
+from pneumo_core.model import compare as cand
+from pneumo_core.model import metrics as ev
 
 
 def _scores(n_per_class: int, seed: int = 0):
@@ -89,9 +89,8 @@ def test_metrics_page_warns_when_thresholds_rest_on_too_few_films(tmp_path, monk
     from pathlib import Path
 
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
     from conftest import active_weights_root
+    from streamlit.testing.v1 import AppTest
 
     active_weights_root(tmp_path, monkeypatch, tiny_model_dir)
     st.cache_resource.clear()

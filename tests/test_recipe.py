@@ -11,18 +11,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pneumo_core import candidates as cand
-from pneumo_core import cam_eval
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.explain import explain, target_layers
-from pneumo_core.io import read_xray
-from pneumo_core.model import (CARD_FILE, Ensemble, build_densenet121, default_input_spec, load_model,
-                               save_ensemble, write_card)
-from pneumo_core.ood import forward_with_taps
-from pneumo_core.predict import Predictor
-from pneumo_core.preprocess import to_batch
-from pneumo_core.registry import verify_version
-from pneumo_core.train import TrainConfig, TrainingCancelled, fit
+from pneumo_core.ingest.preprocess import to_batch
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model import cam_eval
+from pneumo_core.model import compare as cand
+from pneumo_core.model.explain import explain, target_layers
+from pneumo_core.model.network import (
+    CARD_FILE,
+    Ensemble,
+    build_densenet121,
+    default_input_spec,
+    load_model,
+    save_ensemble,
+    write_card,
+)
+from pneumo_core.model.predict import Predictor
+from pneumo_core.model.train import TrainConfig, TrainingCancelled, fit
+from pneumo_core.ops.registry import verify_version
+from pneumo_core.safety.guard import forward_with_taps
 
 FAST = dict(batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,
             max_images=16, ema_decay=0.9)
@@ -107,7 +114,7 @@ def test_paired_auc_sees_a_real_gain_and_no_gain_in_a_copy():
     gain = cand.paired_auc(y, strong, weak, n_boot=300)
     assert gain["delta_auc"] > 0.1 and gain["ci95"][0] > 0 and gain["p_better"] > 0.99
     lo, hi = cand.auc_ci(y, strong, n_boot=300)
-    from pneumo_core.evaluate import safe_auc
+    from pneumo_core.model.metrics import safe_auc
     assert lo <= safe_auc(y, strong) <= hi
 
 
@@ -223,7 +230,7 @@ def test_road_comparison_runs_on_a_real_network(ensemble_dir, film_png):
 def test_cam_eval_cli_records_the_choice_in_the_card(ensemble_dir, tmp_path, capsys):
     from conftest import synthetic_film, write_png
 
-    from pneumo_core.cli import main
+    from pneumo_core.cli.main import main
 
     rng = np.random.default_rng(0)
     for i in range(2):

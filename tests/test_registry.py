@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_model_version, synthetic_film, write_png
 
-from conftest import synthetic_film, write_png, copy_model_version
-from pneumo_core import registry
-from pneumo_core.cli import main
+from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model
+from pneumo_core.ops import registry
 
 
 def tamper(folder: Path, *, truncate: bool = False) -> None:
@@ -158,7 +158,7 @@ def test_versions_made_on_a_server_are_ignored_by_git_and_the_shipped_one_is_not
         assert r.returncode in (0, 1), r.stderr
         return r.returncode == 0
 
-    from pneumo_core.integrity import SHIPPED_CARDS
+    from pneumo_core.ops.integrity import SHIPPED_CARDS
 
     [shipped] = SHIPPED_CARDS
     for path in (f"weights/{shipped}/model.safetensors", f"weights/{shipped}/card.json",

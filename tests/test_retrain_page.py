@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
-
-from appkit.retrain_ui import DATA_KEY
 from conftest import active_weights_root, copy_model_version, make_dataset
 from conftest_app_helpers import set_password, sign_in
-from pneumo_core import jobs, registry
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE
+from streamlit.testing.v1 import AppTest
 from test_jobs import worker_env
+
+from appkit.retrain_ui import DATA_KEY
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
+from pneumo_core.ops import jobs, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -195,7 +195,7 @@ def test_start_watch_from_two_sessions_and_cancel_from_the_page(weights, data):
 @pytest.fixture()
 def finished_job(weights, tiny_model_dir, data, tmp_path) -> tuple[jobs.Job, dict]:
     """What a successful job leaves: a new version with its comparison, and the job's state."""
-    from pneumo_core.validation import calibrate_model
+    from pneumo_core.model.evaluation import calibrate_model
 
     candidate = copy_model_version(tiny_model_dir, tmp_path, "cand-v")
     card = calibrate_model(candidate, data, n_boot=50)        # as a job does: on its own films, then compare
@@ -219,7 +219,7 @@ def test_finished_job_compares_side_by_side_then_promote_and_rollback(weights, f
     and the thresholds rest on too few films; Promote is not primary and needs a confirmation, which the
     audit log records with the reasons."""
     from appkit.text import fmt_ci
-    from pneumo_core import audit
+    from pneumo_core.ops import audit
 
     job, comparison = finished_job
     at = open_page()
@@ -322,7 +322,7 @@ def test_progress_counts_down_from_the_last_epoch_or_the_estimate(tmp_path):
 
 def test_counts_table_shows_a_carved_validation_split(data):
     from appkit.retrain import counts_frame
-    from pneumo_core.datacheck import validate_dataset
+    from pneumo_core.ingest.datacheck import validate_dataset
 
     df = counts_frame(validate_dataset(data / "train"))
     assert list(df.index) == ["train/", "val/ (carved from train/)"]
@@ -552,8 +552,8 @@ def test_without_a_gpu_the_page_proposes_a_short_fine_tune_and_with_one_the_full
 def test_a_version_with_enough_evidence_is_promoted_from_the_picker_without_confirmation(weights, tiny_model_dir):
     """Issue #17, item 2: 80 films per class compared and fitted on, a 'better' paired verdict: no warning, no
     confirmation; the same version compared on 20 films needs the confirmation in the picker too."""
-    from pneumo_core import audit
-    from pneumo_core.model import read_card, write_card
+    from pneumo_core.model.network import read_card, write_card
+    from pneumo_core.ops import audit
 
     good = copy_model_version(tiny_model_dir, weights, "good-v")
     card = read_card(good)

@@ -9,12 +9,12 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import synthetic_film
 from conftest_io_helpers import make_dicom
-from pneumo_core.io import fitted_size, read_xray
+from PIL import Image
 from test_app import errors, open_app, upload, weights  # noqa: F401  (weights: the page tests' fixture)
+
+from pneumo_core.ingest.read import fitted_size, read_xray
 
 
 def big_film(seed: int, shape: tuple[int, int] = (3000, 2400)) -> np.ndarray:

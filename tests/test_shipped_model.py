@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo_core.predict import Predictor, predict_files
-from pneumo_core.registry import active_model_dir
+from pneumo_core.model.predict import Predictor, predict_files
+from pneumo_core.ops.registry import active_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights"
@@ -69,8 +69,8 @@ def test_shipped_version_fits_its_size_budget(shipped):
 
 @pytest.mark.skipif(not EXTERNAL.is_dir(), reason="shared data not present")
 def test_shipped_gradcam_map_is_at_least_8x8_and_its_faithfulness_is_recorded(shipped):
-    from pneumo_core.explain import explain
-    from pneumo_core.io import read_xray
+    from pneumo_core.ingest.read import read_xray
+    from pneumo_core.model.explain import explain
 
     card = json.loads((shipped / "card.json").read_text())
     faith = card["explain"]["faithfulness"]
@@ -84,7 +84,7 @@ FILM_TYPES = ROOT.parent / "shared" / "data" / "film_types"
 
 
 def test_shipped_version_has_its_film_type_check_and_its_card_reports_it(shipped):
-    from pneumo_core.filmtype import CLASSES
+    from pneumo_core.safety.filmtype import CLASSES
 
     card = json.loads((shipped / "card.json").read_text())
     info = card["film_type"]

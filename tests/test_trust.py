@@ -24,19 +24,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+from conftest import active_weights_root, copy_model_version, synthetic_film
+from conftest_app_helpers import ADMIN_PASSWORD, menu_titles, record_menu, set_password, sign_in  # noqa: F401
 from streamlit.testing.v1 import AppTest
+from test_app import SECRETS, dicom, errors, film, overlays, unescaped, upload
 
 from appkit.frame import RETRIED_KEY
 from appkit.limits import RateLimiter, UploadLimits, admit
-from conftest import active_weights_root, copy_model_version, synthetic_film
-from conftest_app_helpers import ADMIN_PASSWORD, menu_titles, record_menu, set_password, sign_in  # noqa: F401
-from pneumo_core import audit, registry
-from pneumo_core.auth import (ADMIN, VIEWER, AuthError, admin_password_hash, hash_password, oidc_configured,
-                              read_secrets, role_for_user, set_admin_password, verify_password)
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model import CARD_FILE, WEIGHTS_FILE, load_model, write_card
-from pneumo_core.throttle import Backoff, SignInThrottle, unlock
-from test_app import SECRETS, dicom, errors, film, overlays, unescaped, upload
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.ops import audit, registry
+from pneumo_core.ops.auth import (
+    ADMIN,
+    VIEWER,
+    AuthError,
+    admin_password_hash,
+    hash_password,
+    oidc_configured,
+    read_secrets,
+    role_for_user,
+    set_admin_password,
+    verify_password,
+)
+from pneumo_core.ops.throttle import Backoff, SignInThrottle, unlock
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -556,7 +566,7 @@ def test_a_card_without_a_weights_sha256_is_refused(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("target", [WEIGHTS_FILE, "ood.safetensors"])
 def test_a_file_changed_on_disk_stops_being_served_at_the_next_run(weights, target, synthetic_data):
     if target == "ood.safetensors":
-        from pneumo_core.ood import fit_guard
+        from pneumo_core.safety.guard import fit_guard
 
         fit_guard(weights / "base", synthetic_data, copies=0, negatives=False, workers=1)
         _clear_caches()

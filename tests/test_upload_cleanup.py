@@ -13,8 +13,9 @@ import sys
 import time
 import zipfile
 
-from pneumo_core import jobs
 from test_retrain_page import data, open_page, run, weights  # noqa: F401  (fixtures)
+
+from pneumo_core.ops import jobs
 
 
 def _folders(root) -> list[str]:

@@ -3,7 +3,7 @@
     fit(data_dir, out_dir, TrainConfig(...), progress=print)
 
 Films are decoded once into a uint8 tensor on the training device; augmentation
-runs there too (pneumo_core.augment), so the GPU is not starved by a loader.
+runs there too (pneumo_core.model.augment), so the GPU is not starved by a loader.
 Model selection uses ``external/`` when present (the distribution users meet),
 else ``val/``. ``external/`` is never trained on.
 """
@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment as aug
-from .data import ImageSet, LabelledFiles, discover_splits, fingerprint, list_labelled, load_images
-from .model import LABELS, atomic_write_bytes, code_version, create_model, default_input_spec, save_model
-from .preprocess import normalise
+from pneumo_core.files import atomic_write_bytes
+from pneumo_core.ingest.folders import ImageSet, LabelledFiles, discover_splits, fingerprint, list_labelled, load_images
+from pneumo_core.ingest.preprocess import normalise
+from pneumo_core.model import augment as aug
+from pneumo_core.model.network import LABELS, code_version, create_model, default_input_spec, save_model
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,11 @@ from typing import Any, Mapping
 
 from filelock import FileLock, Timeout
 
-from .datacheck import DatasetError, DatasetReport, remove_tree, validate_dataset
-from .errors import ModelLoadError, PneumoError
-from .model import atomic_write_json, read_card
-from .registry import active_model_dir, add_version, verify_version, weights_root
+from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.files import atomic_write_json
+from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, remove_tree, validate_dataset
+from pneumo_core.model.network import read_card
+from pneumo_core.ops.registry import active_model_dir, add_version, verify_version, weights_root
 
 SPEC, STATE, WORKER, CANCEL, LOG = "spec.json", "state.json", "worker.json", "cancel", "log.txt"
 TRAIN_LOCK, LAUNCH_LOCK, UPLOADS = ".train.lock", ".launch.lock", ".uploads"
@@ -348,7 +349,7 @@ def proposed_job(report: DatasetReport, device_kind: str, root: str | Path | Non
     epochs (5 down to 1) as fit ``budget_s`` by ``estimate_phases``, and if one epoch does not fit, a cap
     on films per split, halved until it does (a trial run; at least 50 films). Without an active version,
     the full recipe's defaults from scratch."""
-    from .model import imagenet_weights_path
+    from pneumo_core.model.network import imagenet_weights_path
 
     weights = Path(root) if root else weights_root()
     try:
@@ -380,7 +381,7 @@ def proposed_job(report: DatasetReport, device_kind: str, root: str | Path | Non
 
 
 def _check_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    from .train import TrainConfig
+    from pneumo_core.model.train import TrainConfig
 
     unknown = set(config) - _CONFIG_FIELDS
     if unknown:
@@ -650,7 +651,7 @@ def _per_image_s(ref_64: float, ref_128: float, size: int) -> float:
 
 
 def _count_film_types(folder: Path | None) -> int:
-    from .filmtype import film_type_files
+    from pneumo_core.safety.filmtype import film_type_files
 
     return len(film_type_files(folder)) if folder is not None and folder.is_dir() else 0
 
@@ -680,7 +681,7 @@ def estimate_phases(report: DatasetReport, config: Mapping[str, Any], device_kin
     phase is multiplied by this machine's pace on recent finished jobs (``phase_pace``: actual / estimated),
     so the estimate corrects itself from the jobs that ran here.
     """
-    from .ood import film_types_folder
+    from pneumo_core.safety.guard import film_types_folder
 
     size = int(config.get("image_size") or 224)
     if base_size is None:                                     # compared with the active version, at its size
@@ -877,7 +878,7 @@ def run_worker(job_dir: str | Path) -> int:
 
 def _audit_outcome(job_dir: Path, status: str, version: str | None) -> None:
     """The job's ending in the audit log (who started it is recorded by the app or the CLI)."""
-    from .audit import AuditError, record
+    from pneumo_core.ops.audit import AuditError, record
 
     try:
         record("training_finished", role="job", session=f"job:{job_dir.name}", result=status, model_version=version,
@@ -887,7 +888,7 @@ def _audit_outcome(job_dir: Path, status: str, version: str | None) -> None:
 
 
 def _outcome(exc: BaseException) -> tuple[str, str, int]:
-    from .train import TrainingCancelled
+    from pneumo_core.model.train import TrainingCancelled
 
     if isinstance(exc, (CancelRequested, TrainingCancelled)):
         return "cancelled", f"Cancelled. {UNCHANGED}", 3
@@ -902,10 +903,10 @@ def _outcome(exc: BaseException) -> tuple[str, str, int]:
 
 
 def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> str:
-    from .data import discover_splits
-    from .train import TrainConfig, _device_name, fit, pick_device
-    from .ood import fit_guard, film_types_folder
-    from .validation import calibrate_model
+    from pneumo_core.ingest.folders import discover_splits
+    from pneumo_core.model.evaluation import calibrate_model
+    from pneumo_core.model.train import TrainConfig, _device_name, fit, pick_device
+    from pneumo_core.safety.guard import film_types_folder, fit_guard
 
     cfg_over = dict(spec["config"])
     cfg_over.setdefault("workers", min(16, os.cpu_count() or 4))       # decoding threads
@@ -976,9 +977,9 @@ def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _Ca
 def _view_with_val(data: Path, view: Path, cfg) -> Path:
     """Data without val/: a folder of links with a stratified validation split carved from train/
     (the same split fit() would make), so calibration and evaluation have a val/ to use."""
-    from .data import discover_splits, list_labelled
-    from .model import LABELS
-    from .train import _split_val
+    from pneumo_core.ingest.folders import discover_splits, list_labelled
+    from pneumo_core.model.network import LABELS
+    from pneumo_core.model.train import _split_val
 
     splits = discover_splits(data)
     train, val = _split_val(list_labelled(splits["train"]), cfg.val_fraction, cfg.seed)
@@ -999,10 +1000,10 @@ def _compare(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Map
     operating point (each model at its own thresholds), and per split a paired comparison of their AUCs on
     those films with a verdict (``candidates.paired_verdict``); ``decision_split`` names the split the verdict
     to act on comes from (the first of test/, external/, val/ not used to fit the new model, if any)."""
-    from .data import discover_splits
-    from .model import load_model
-    from .predict import Predictor
-    from .validation import evaluate_points, score_folder
+    from pneumo_core.ingest.folders import discover_splits
+    from pneumo_core.model.evaluation import evaluate_points, score_folder
+    from pneumo_core.model.network import load_model
+    from pneumo_core.model.predict import Predictor
 
     folders = {s: p for s, p in discover_splits(data).items() if s in ("val", "test", "external")}
     candidate = {s: (card.get("metrics") or {}).get(s) or {} for s in folders}
@@ -1037,9 +1038,9 @@ def _paired(model_dir: Path, split: str, active, temperature: float, n_boot: int
     against the active model's ``active`` scores, film by film (matched by class and file name)."""
     import numpy as np
 
-    from .candidates import paired_verdict
-    from .evaluate import sigmoid
-    from .validation import EVAL_DIR
+    from pneumo_core.model.compare import paired_verdict
+    from pneumo_core.model.evaluation import EVAL_DIR
+    from pneumo_core.model.metrics import sigmoid
 
     try:
         saved = _read_json(model_dir / EVAL_DIR / f"{split}.json")["scores"]

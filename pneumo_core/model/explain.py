@@ -5,7 +5,7 @@ default, meaningless for a one-logit head). Hooks live only inside a ``with``
 block, so the shared model is left exactly as it was.
 
 Which block and method are used is the card's ``explain`` entry, chosen per
-model by a faithfulness measure (``pneumo_core.cam_eval``) among maps of at
+model by a faithfulness measure (``pneumo_core.model.cam_eval``) among maps of at
 least 8x8: at 128-144 px the last dense block is a 4x4 grid, one blob per film.
 Cards without the entry keep Grad-CAM on the last dense block. For an
 ensemble the same block of every member is hooked; the library averages their
@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import torch
 
-from .io import XrayImage
-from .model import members_of
-from .predict import Prediction, Predictor
-from .preprocess import to_batch
+from pneumo_core.ingest.preprocess import to_batch
+from pneumo_core.ingest.read import XrayImage
+from pneumo_core.model.network import members_of
+from pneumo_core.model.predict import Prediction, Predictor
 
 METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
 

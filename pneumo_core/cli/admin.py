@@ -21,7 +21,7 @@ def cli_audit(action: str, result: str, **fields: Any) -> None:
 
 
 def cli_audit_many(action: str, items: Iterable[dict[str, Any]]) -> None:
-    from .audit import AuditError, event, record_many
+    from pneumo_core.ops.audit import AuditError, event, record_many
 
     global _warned
     try:
@@ -44,7 +44,7 @@ def file_sha256(path: str | Path) -> str | None:
 
 
 def cmd_set_admin_password(args: argparse.Namespace) -> int:
-    from .auth import read_new_password, set_admin_password
+    from pneumo_core.ops.auth import read_new_password, set_admin_password
 
     path = set_admin_password(read_new_password(stdin=args.password_stdin), args.secrets)
     cli_audit("set_admin_password", "succeeded")
@@ -53,7 +53,7 @@ def cmd_set_admin_password(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock_sign_in(args: argparse.Namespace) -> int:
-    from .throttle import ThrottleError, throttle_path, unlock
+    from pneumo_core.ops.throttle import ThrottleError, throttle_path, unlock
 
     try:
         n = unlock()
@@ -67,8 +67,8 @@ def cmd_unlock_sign_in(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from .audit import events, to_csv
-    from .model import atomic_write_bytes
+    from pneumo_core.files import atomic_write_bytes
+    from pneumo_core.ops.audit import events, to_csv
 
     rows = events(since=args.since, until=args.until, actions=args.action or None, newest_first=False)
     data = to_csv(rows)
@@ -82,7 +82,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .audit import audit_path, chain_status
+    from pneumo_core.ops.audit import audit_path, chain_status
 
     n, broken, newest = chain_status()
     if broken is None:
@@ -96,7 +96,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    from .audit import events
+    from pneumo_core.ops.audit import events
 
     for e in reversed(events(limit=args.n)):
         prob = f"{e['probability']:.3f}" if e["probability"] is not None else "-"

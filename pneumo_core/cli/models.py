@@ -17,7 +17,7 @@ def _fmt(value, ci) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from .registry import list_versions, read_history, weights_root
+    from pneumo_core.ops.registry import list_versions, read_history, weights_root
 
     versions = list_versions(verify=args.verify)
     if args.json:
@@ -42,9 +42,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    from .registry import promote
-
-    from .trust_cli import cli_audit
+    from pneumo_core.cli.admin import cli_audit
+    from pneumo_core.ops.registry import promote
 
     try:
         before = promote(args.version)
@@ -57,9 +56,8 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    from .registry import active_name, rollback
-
-    from .trust_cli import cli_audit
+    from pneumo_core.cli.admin import cli_audit
+    from pneumo_core.ops.registry import active_name, rollback
 
     before = active_name()
     try:
@@ -73,9 +71,8 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_models_seal(args: argparse.Namespace) -> int:
-    from .registry import seal_version
-
-    from .trust_cli import cli_audit
+    from pneumo_core.cli.admin import cli_audit
+    from pneumo_core.ops.registry import seal_version
 
     card = seal_version(args.folder)
     cli_audit("seal_card", "succeeded", model_version=str(card.get("version")))
@@ -91,7 +88,7 @@ def _print_job(job) -> None:
 
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
-    from .jobs import get_job, list_jobs
+    from pneumo_core.ops.jobs import get_job, list_jobs
 
     jobs = [get_job(args.job)] if args.job else list_jobs(limit=args.limit)
     for job in jobs:
@@ -105,12 +102,12 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_start(args: argparse.Namespace) -> int:
-    from .jobs import get_job, start_job
+    from pneumo_core.ops.jobs import get_job, start_job
 
     config = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                 "image_size": args.image_size, "device": args.device, "max_images": args.max_images,
                                 "seed": args.seed}.items() if v is not None}
-    from .trust_cli import cli_audit
+    from pneumo_core.cli.admin import cli_audit
 
     job = start_job(args.data, base=args.base, config=config, bootstrap=args.bootstrap)
     cli_audit("start_training", "succeeded", detail=f"job {job.id}; base {args.base}")
@@ -130,9 +127,8 @@ def cmd_jobs_start(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    from .jobs import cancel_job
-
-    from .trust_cli import cli_audit
+    from pneumo_core.cli.admin import cli_audit
+    from pneumo_core.ops.jobs import cancel_job
 
     job = cancel_job(args.job)
     cli_audit("cancel_training", "succeeded" if not job.finished else "no-op", detail=f"job {job.id}")
@@ -141,7 +137,7 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_worker(args: argparse.Namespace) -> int:
-    from .jobs import run_worker
+    from pneumo_core.ops.jobs import run_worker
 
     return run_worker(args.job_dir)
 

@@ -17,14 +17,14 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from .errors import PneumoError, UnreadableImageError
-from .evaluate import sigmoid
-from .guard import LATERAL_VIEWS, model_free_verdict
-from .io import XrayImage, read_xray
-from .model import LABELS, LoadedModel, load_model
-from .filmtype import ADULT, ADULT_WARNING, PEDIATRIC_MAX_AGE, FilmTypeCheck, load_check
-from .ood import LAYOUT, Guard, forward_with_taps, layout, load_guard
-from .preprocess import to_batch
+from pneumo_core.errors import PneumoError, UnreadableImageError
+from pneumo_core.ingest.preprocess import to_batch
+from pneumo_core.ingest.read import XrayImage, read_xray
+from pneumo_core.model.metrics import sigmoid
+from pneumo_core.model.network import LABELS, LoadedModel, load_model
+from pneumo_core.safety.checks import LATERAL_VIEWS, model_free_verdict
+from pneumo_core.safety.filmtype import ADULT, ADULT_WARNING, PEDIATRIC_MAX_AGE, FilmTypeCheck, load_check
+from pneumo_core.safety.guard import LAYOUT, Guard, forward_with_taps, layout, load_guard
 
 # Probabilities this close to the threshold (in logit units after calibration) get a warning.
 NEAR_THRESHOLD_LOGIT = 0.5

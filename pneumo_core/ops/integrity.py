@@ -25,7 +25,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ModelLoadError, PneumoError
+from pneumo_core.errors import ModelLoadError, PneumoError
 
 SEAL_FIELD = "seal"
 SEAL_ALG = "hmac-sha256"

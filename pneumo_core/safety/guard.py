@@ -41,13 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelLoadError, UnreadableImageError
-from .io import XrayImage
-from .model import Ensemble, atomic_write_bytes, read_card, sha256_file, write_card
-from .preprocess import resize
+from pneumo_core.errors import ModelLoadError, UnreadableImageError
+from pneumo_core.files import atomic_write_bytes, sha256_file
+from pneumo_core.ingest.preprocess import resize
+from pneumo_core.ingest.read import XrayImage
+from pneumo_core.model.network import Ensemble, read_card, write_card
 
 if TYPE_CHECKING:
-    from .predict import Predictor
+    from pneumo_core.model.predict import Predictor
 
 OOD_FILE = "ood.safetensors"
 # Where the network's features are read: outputs of DenseNet-121's feature modules, average-pooled
@@ -286,7 +287,7 @@ def load_guard(model_dir: str | Path, card: Mapping[str, Any] | None = None) -> 
 
 def augmented(pixels_u8: np.ndarray, copies: int, seed: int = 0) -> np.ndarray:
     """Copies of films (N x S x S uint8) altered by the training augmentation, random erasing left out."""
-    from .augment import AugmentConfig, augment
+    from pneumo_core.model.augment import AugmentConfig, augment
 
     if copies <= 0 or len(pixels_u8) == 0:
         return pixels_u8[:0]
@@ -335,10 +336,9 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
     card['film_type']) before the rates are measured, so they are those of the whole check; without
     one, card['film_type'] says the version has none.
     """
-    from . import filmtype
-
-    from .data import discover_splits, list_labelled, load_images
-    from .predict import Predictor
+    from pneumo_core.ingest.folders import discover_splits, list_labelled, load_images
+    from pneumo_core.model.predict import Predictor
+    from pneumo_core.safety import filmtype
 
     model_dir = Path(model_dir)
     film_types = film_types if film_types is not None else film_types_folder(data_dir)
@@ -358,7 +358,7 @@ def fit_guard(model_dir: str | Path, data_dir: str | Path, *, false_rejection: f
         return files
 
     def films(split: str, limit: int | None = None) -> np.ndarray:
-        from .data import LabelledFiles
+        from pneumo_core.ingest.folders import LabelledFiles
 
         files = subset(split, limit)
         return load_images(LabelledFiles(tuple(files), np.zeros(len(files), np.int64)), spec, workers=workers).pixels
@@ -457,7 +457,7 @@ def false_rejection_on(predictor: "Predictor", files: Sequence[Path], *, batch_s
     """How many of these chest films the whole check refuses, decoded exactly as ``predict`` decodes them."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .io import read_xray
+    from pneumo_core.ingest.read import read_xray
 
     def read(path: Path) -> XrayImage | None:
         try:
@@ -483,7 +483,7 @@ def false_rejection_on(predictor: "Predictor", files: Sequence[Path], *, batch_s
 
 def negative_rejection(predictor: "Predictor") -> dict[str, Any]:
     """Rejection of the built-in negatives by the whole check (model-free checks, then the guard), per category."""
-    from .io import read_xray
+    from pneumo_core.ingest.read import read_xray
 
     per: dict[str, list[bool]] = {}
     missed, unreadable = [], []

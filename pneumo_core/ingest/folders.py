@@ -10,10 +10,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import UnreadableImageError
-from .io import read_xray
-from .model import LABELS
-from .preprocess import resize, to_uint8
+from pneumo_core.errors import UnreadableImageError
+from pneumo_core.ingest.preprocess import resize, to_uint8
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model.network import LABELS
 
 
 @dataclass(frozen=True)

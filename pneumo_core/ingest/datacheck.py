@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 
-from .data import LabelledFiles, discover_splits, list_labelled
-from .errors import PneumoError, UnreadableImageError
-from .io import MAX_FILE_BYTES, read_xray
-from .model import LABELS
+from pneumo_core.errors import PneumoError, UnreadableImageError
+from pneumo_core.ingest.folders import LabelledFiles, discover_splits, list_labelled
+from pneumo_core.ingest.read import MAX_FILE_BYTES, read_xray
+from pneumo_core.model.network import LABELS
 
 MIN_TRAIN_PER_CLASS = 20     # fewer films than this per class cannot teach the model anything useful
 MIN_EVAL_PER_CLASS = 5       # val/ and external/ need enough of each class for an AUC to mean something

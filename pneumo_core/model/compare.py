@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .evaluate import rank_auc, safe_auc
-from .model import Ensemble, build_densenet121
-from .preprocess import normalise
+from pneumo_core.ingest.preprocess import normalise
+from pneumo_core.model.metrics import rank_auc, safe_auc
+from pneumo_core.model.network import Ensemble, build_densenet121
 
 SNAPSHOT = re.compile(r"epoch(\d{3})-(raw|ema)\.safetensors$")
 
@@ -116,7 +116,7 @@ def paired_verdict(y: np.ndarray, new: np.ndarray, active: np.ndarray, *, n_boot
     verdict, "better" or "worse" only when the whole 95% interval of the AUC difference is on one side of zero,
     and whether the films are enough to act on (``evaluate.too_few_films``). With fewer than two films of a
     class the AUCs are undefined: the verdict is None."""
-    from .evaluate import too_few_films
+    from pneumo_core.model.metrics import too_few_films
 
     y = np.asarray(y).astype(int)
     n_normal, n_pneumonia = int((y == 0).sum()), int((y == 1).sum())

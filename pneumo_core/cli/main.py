@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ModelLoadError, PneumoError
-from .registry_cli import add_registry_commands
-from .trust_cli import add_trust_commands, cli_audit, cli_audit_many, file_sha256
+from pneumo_core.cli.admin import add_trust_commands, cli_audit, cli_audit_many, file_sha256
+from pneumo_core.cli.models import add_registry_commands
+from pneumo_core.errors import ModelLoadError, PneumoError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -24,8 +24,8 @@ def _err(msg: str) -> None:
 
 
 def _predictor(model: str | None):
-    from .predict import Predictor
-    from .registry import active_model_dir
+    from pneumo_core.model.predict import Predictor
+    from pneumo_core.ops.registry import active_model_dir
 
     return Predictor.from_dir(Path(model) if model else active_model_dir())
 
@@ -43,7 +43,7 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files
+    from pneumo_core.model.predict import predict_files
 
     predictor = _predictor(args.model)
     try:
@@ -71,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _audit_fields(rec) -> dict:
     """An audit event for a record: the file's sha256 (never its name), result, probability, operating point."""
-    from .predict import outside_detail
+    from pneumo_core.model.predict import outside_detail
 
     return {"input_sha256": file_sha256(rec.file), "result": rec.label or rec.status, "probability": rec.probability,
             "operating_point": rec.operating_point, "threshold": rec.threshold, "model_version": rec.model_version,
@@ -80,9 +80,9 @@ def _audit_fields(rec) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import is_labelled_folder
-    from .model import atomic_write_json
-    from .validation import evaluate_folder
+    from pneumo_core.files import atomic_write_json
+    from pneumo_core.ingest.folders import is_labelled_folder
+    from pneumo_core.model.evaluation import evaluate_folder
 
     if not is_labelled_folder(args.data):
         _err(f"{args.data} must contain NORMAL/ and PNEUMONIA/ folders.")
@@ -103,9 +103,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .model import read_card
-    from .train import TrainConfig, fit
-    from .validation import calibrate_model
+    from pneumo_core.model.evaluation import calibrate_model
+    from pneumo_core.model.network import read_card
+    from pneumo_core.model.train import TrainConfig, fit
 
     if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
         _err(f"--film-types: {args.film_types} is not a folder.")
@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_calibrate:
         calibrate_model(result.out_dir, args.data, n_boot=args.bootstrap, log=print)
     if not args.no_guard:
-        from .ood import fit_guard
+        from pneumo_core.safety.guard import fit_guard
 
         print("fitting the out-of-distribution guard and the film-type check", flush=True)
         info = fit_guard(result.out_dir, args.data, film_types=args.film_types, log=print)
@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .validation import calibrate_model
+    from pneumo_core.model.evaluation import calibrate_model
 
     card = calibrate_model(args.model, args.data, n_boot=args.bootstrap, log=print)
     print(json.dumps({"temperature": card["temperature"], "operating_points": card["operating_points"]}, indent=2))
@@ -148,10 +148,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import encode_png, explain, overlay
-    from .io import read_xray
-    from .model import atomic_write_bytes
-    from .predict import outside_detail, outside_message
+    from pneumo_core.files import atomic_write_bytes
+    from pneumo_core.ingest.read import read_xray
+    from pneumo_core.model.explain import encode_png, explain, overlay
+    from pneumo_core.model.predict import outside_detail, outside_message
 
     predictor = _predictor(args.model)
     image = read_xray(args.file, name=Path(args.file).name)
@@ -184,9 +184,9 @@ def film_types_opt(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fit_guard(args: argparse.Namespace) -> int:
-    from .data import discover_splits
-    from .model import read_card
-    from .ood import fit_guard
+    from pneumo_core.ingest.folders import discover_splits
+    from pneumo_core.model.network import read_card
+    from pneumo_core.safety.guard import fit_guard
 
     if not 0 < args.false_rejection < 0.5:
         _err("--false-rejection must be between 0 and 0.5.")
@@ -214,10 +214,11 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
 
 
 def cmd_cam_eval(args: argparse.Namespace) -> int:
-    from . import cam_eval
-    from .data import list_labelled
-    from .io import read_xray
-    from .model import CARD_FILE, atomic_write_json, read_card, write_card
+    from pneumo_core.files import atomic_write_json
+    from pneumo_core.ingest.folders import list_labelled
+    from pneumo_core.ingest.read import read_xray
+    from pneumo_core.model import cam_eval
+    from pneumo_core.model.network import CARD_FILE, read_card, write_card
 
     if args.films < 2:
         _err("--films must be at least 2.")

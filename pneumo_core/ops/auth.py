@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import PneumoError
+from pneumo_core.errors import PneumoError
 
 VIEWER, ADMIN = "viewer", "admin"
 SECTION = "pneumo"

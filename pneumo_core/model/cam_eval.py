@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .explain import LAYERS, METHODS, PneumoniaLogit, _cam_class, target_layers
-from .predict import Predictor
-from .preprocess import to_batch
+from pneumo_core.ingest.preprocess import to_batch
+from pneumo_core.model.explain import LAYERS, METHODS, PneumoniaLogit, _cam_class, target_layers
+from pneumo_core.model.predict import Predictor
 
 PERCENTILES = (20, 40, 60, 80)
 CANDIDATE_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")

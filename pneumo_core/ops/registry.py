@@ -22,10 +22,10 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
-from .errors import ModelLoadError, PneumoError
-from .integrity import check_card
-from .model import (CARD_FILE, atomic_write_bytes, atomic_write_json, check_weight_files, read_card, sha256_file,
-                    weight_files, write_card)
+from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.files import atomic_write_bytes, atomic_write_json, sha256_file
+from pneumo_core.model.network import CARD_FILE, check_weight_files, read_card, weight_files, write_card
+from pneumo_core.ops.integrity import check_card
 
 ACTIVE_FILE = "ACTIVE"
 HISTORY_FILE = "active_history.json"

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import PneumoError
+from pneumo_core.errors import PneumoError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "CREATE TABLE IF NOT EXISTS failures (client TEXT PRIMARY KEY, count INTEGER NOT NULL, last REAL NOT NULL)"

@@ -39,9 +39,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import ModelLoadError
-from .model import atomic_write_bytes, read_card, sha256_file
-from .ood import LAYOUT, Gaussian, read_fitted_file
+from pneumo_core.errors import ModelLoadError
+from pneumo_core.files import atomic_write_bytes, sha256_file
+from pneumo_core.model.network import read_card
+from pneumo_core.safety.guard import LAYOUT, Gaussian, read_fitted_file
 
 FILM_TYPE_FILE = "film_type.safetensors"
 CLASSES = ("pediatric_frontal", "adult_frontal", "lateral", "other_radiograph", "not_radiograph")
@@ -405,8 +406,8 @@ def read_film_types(folder: str | Path) -> dict[tuple[str, str], list[np.ndarray
     files are skipped (this is fitting data, not a user's upload)."""
     import csv
 
-    from .errors import UnreadableImageError
-    from .io import read_xray
+    from pneumo_core.errors import UnreadableImageError
+    from pneumo_core.ingest.read import read_xray
 
     folder = Path(folder)
     sources: dict[str, str] = {}
@@ -446,8 +447,8 @@ def one_sided(pixels_u8: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.
 
 
 def _u8(pixels: Sequence[np.ndarray], spec: Mapping[str, Any]) -> np.ndarray:
-    from .ood import _unit
-    from .preprocess import resize
+    from pneumo_core.ingest.preprocess import resize
+    from pneumo_core.safety.guard import _unit
 
     return np.stack([np.clip(np.rint(resize(_unit(p), spec) * 255), 0, 255).astype(np.uint8) for p in pixels])
 
@@ -462,7 +463,7 @@ def fit_from_folders(predictor: Any, train_u8: np.ndarray, train_reps: Mapping[s
     fitted); ``val_reps``: of the validation films (thresholds), and ``val_scores`` the guard's scores of
     them. Returns the check and what the card records about it (fitting sets, thresholds, per-class
     leave-one-source-out rates, the real laterals)."""
-    from .ood import augmented, builtin_negatives, represent
+    from pneumo_core.safety.guard import augmented, builtin_negatives, represent
 
     spec, guard = predictor.card["input"], predictor.guard
     reps_of = lambda pix: represent(predictor, list(pix), ("pooled",))[1]  # noqa: E731
@@ -474,8 +475,8 @@ def fit_from_folders(predictor: Any, train_u8: np.ndarray, train_reps: Mapping[s
     log(f"reading {film_types_dir}")
     folders = read_film_types(film_types_dir)
     if builtin:
-        from .errors import UnreadableImageError
-        from .io import read_xray
+        from pneumo_core.errors import UnreadableImageError
+        from pneumo_core.ingest.read import read_xray
 
         for cat, name, data in builtin_negatives(seed):
             try:

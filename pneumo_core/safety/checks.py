@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .filmtype import LATERAL, NOT_RADIOGRAPH
-from .io import XrayImage
+from pneumo_core.ingest.read import XrayImage
+from pneumo_core.safety.filmtype import LATERAL, NOT_RADIOGRAPH
 
 if TYPE_CHECKING:
-    from .ood import Guard
+    from pneumo_core.safety.guard import Guard
 
 # Projection radiography modalities; CT, MR, US, NM, ... are not chest films.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "RG", "DR", "OT", "SC", "XA"}

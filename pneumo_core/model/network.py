@@ -21,8 +21,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .errors import ModelLoadError, WeightsUnavailableError
-from .integrity import check_card, sealed
+from pneumo_core.errors import ModelLoadError, WeightsUnavailableError
+from pneumo_core.files import atomic_write_bytes, atomic_write_json, json_default, sha256_file
+from pneumo_core.ops.integrity import check_card, sealed
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -204,17 +205,9 @@ def _load_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         raise ModelLoadError("The weights do not fit a DenseNet-121 with a pneumonia head.") from exc
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def code_version() -> str:
     """The git commit of this code, or the package version outside a checkout."""
-    from . import __version__
+    from pneumo_core import __version__
 
     try:
         out = subprocess.run(
@@ -224,34 +217,6 @@ def code_version() -> str:
         return f"{__version__}+{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
         return __version__
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; models and records are meant to be shared
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def fp16_safetensors(net: nn.Module) -> bytes:
@@ -334,7 +299,7 @@ def read_card(model_dir: str | Path, *, check: bool = True) -> dict[str, Any]:
 def write_card(model_dir: str | Path, card: Mapping[str, Any]) -> dict[str, Any]:
     """Seal the card under this server's key and write it atomically; returns what was written. Every
     writer of a card goes through here, so a card changed any other way is refused on load."""
-    written = sealed(json.loads(json.dumps(dict(card), default=_json_default)))   # plain JSON types, as read
+    written = sealed(json.loads(json.dumps(dict(card), default=json_default)))   # plain JSON types, as read
     atomic_write_json(Path(model_dir) / CARD_FILE, written)
     return written
 

@@ -51,7 +51,7 @@ from PIL import Image
 if TYPE_CHECKING:  # pydicom is imported where DICOM is decoded: training machines may lack it
     import pydicom
 
-from .errors import (  # noqa: F401  (re-exported for callers)
+from pneumo_core.errors import (  # noqa: F401  (re-exported for callers)
     ImageTooLargeError,
     ImageTooSmallError,
     PneumoError,

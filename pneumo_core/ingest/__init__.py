@@ -1,0 +1,1 @@
+"""Reading films: files and DICOM, preprocessing, labelled folders and archives."""

@@ -1,0 +1,1 @@
+"""The network and everything done with it: training, metrics, calibration, prediction, explanation."""
