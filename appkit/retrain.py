@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from pneumo_core.ingest.datacheck import DatasetReport
-from pneumo_core.ops.jobs import Job
+from pneumo_core.ops.jobs.store import PHASES, Job
 from pneumo_core.ops.registry import VersionInfo
 
 from .text import fmt_ci
@@ -64,7 +65,6 @@ def progress(job: Job, now: float | None = None) -> dict[str, Any]:
     promised at the idle machine's speed. A phase running past its estimate is flagged ``overrun`` (time
     left is then a lower bound), and under ``FINISHING_S`` left the page says "finishing", never "0 s".
     """
-    from pneumo_core.ops.jobs import PHASES
 
     now = time.time() if now is None else now
     state, history = job.state, job.history
@@ -132,8 +132,6 @@ def phase_text(p: Mapping[str, Any]) -> str:
 
 
 def _parse_time(text: Any) -> float | None:
-    import datetime as dt
-
     try:
         return dt.datetime.fromisoformat(str(text)).timestamp()
     except ValueError:

@@ -14,12 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+import torch
 
 from pneumo_core.errors import ModelLoadError, PneumoError
 from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, extract_zip, validate_dataset
 from pneumo_core.ingest.folders import discover_splits, list_labelled
+from pneumo_core.model.config import SETTINGS, SettingsError, check_setting
 from pneumo_core.model.network import LABELS, imagenet_weights_path, read_card
-from pneumo_core.ops import jobs, registry
+from pneumo_core.ops import registry
+from pneumo_core.ops.jobs.estimate import Estimate, estimate_seconds, proposed_job
+from pneumo_core.ops.jobs.launch import start_job
+from pneumo_core.ops.jobs.settings import default_config
+from pneumo_core.ops.jobs.store import CANCEL, Job, cancel_job, get_job, running_job
+from pneumo_core.ops.jobs.uploads import UploadLease
 
 from . import charts, promotion
 from .auth_ui import audit_event, require_admin_action
@@ -39,14 +46,15 @@ from .retrain import (
 from .text import op_label
 
 DATA_KEY = "_retrain_data"        # session: the checked data {"kind", "key", "report" | "error", "upload_dir"}
-                                  # (an uploaded archive's folder: a jobs.UploadLease, gone with the session)
+                                  # (an uploaded archive's folder: an UploadLease, gone with the session)
 FLASH_KEY = "_retrain_flash"      # session: one message to show after a rerun
 SEEN_JOB_KEY = "_retrain_seen_job"  # session: (id, finished) of the latest job when this session last drew the page
 FOLDER_KEY, PICK_KEY = "retrain_folder", "retrain_version_pick"
 POLL_S = 2.0
 LAYOUT_HELP = ("Class folders NORMAL/ and PNEUMONIA/ with the films, or train/ (and optionally val/, test/, "
                "external/) each holding them. Without val/, a tenth of train/ is held out for validation.")
-LR_OPTIONS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+LR_OPTIONS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)      # offered where TrainConfig allows them
+BATCH_OPTIONS = (16, 32, 64, 128, 256)
 
 
 def flash(message: str, *, error: bool = False) -> None:
@@ -115,7 +123,7 @@ def _discard_upload(current: dict | None) -> None:
         current["upload_dir"].release()
 
 
-def reset_after_job(job: jobs.Job | None) -> tuple[str, bool] | None:
+def reset_after_job(job: Job | None) -> tuple[str, bool] | None:
     """Once a job has started or ended (here, in another session or from the CLI), the data checked before it
     are stale: the next job starts from an empty form (no folder, no report, Start disabled). Returns the
     (id, finished) of the latest job as this session last drew the page (this run's on a first visit)."""
@@ -172,7 +180,7 @@ def data_ui() -> dict | None:
             _discard_upload(current)
             dest = None
             try:
-                dest = jobs.UploadLease()       # removed with this session's state (or when replaced)
+                dest = UploadLease()       # removed with this session's state (or when replaced)
                 with st.spinner("Unpacking the archive…"):
                     root = extract_zip(data, dest.path)
                 current = {"kind": "upload", "key": key, "report": _check(root), "upload_dir": dest}
@@ -215,14 +223,32 @@ def _active_version() -> str | None:
         return None
 
 
+def _bounds(name: str) -> tuple[int | float, int | float]:
+    """A setting's lowest and highest value, as TrainConfig allows them (its field's rule)."""
+    return SETTINGS[name].bounds()
+
+
+def _allowed(name: str, options: tuple) -> list:
+    """The options TrainConfig allows for the setting ``name``."""
+    return [v for v in options if _accepts(name, v)]
+
+
+def _accepts(name: str, value: Any) -> bool:
+    try:
+        check_setting(name, value)
+    except SettingsError:
+        return False
+    return True
+
+
 def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
     """Base model, hyperparameters and device, with an estimate of the time the job will take. The settings
-    start from what suits this server (``jobs.proposed_job``): without a GPU a fine-tune that ends in
+    start from what suits this server (``proposed_job``): without a GPU a fine-tune that ends in
     minutes, with one the full recipe."""
     active = _active_version()
     bases = (["active"] if active else []) + ["imagenet", "scratch"]
     kind = "cpu" if _gpu_name() is None else "cuda"
-    proposed, proposal, proposal_est = jobs.proposed_job(report, kind)
+    proposed, proposal, proposal_est = proposed_job(report, kind)
     _proposal_ui(kind, proposed, proposal, proposal_est, active)
     base = st.radio("Start from", bases, key="retrain_base", horizontal=True,
                     index=bases.index(proposed) if proposed in bases else 0,
@@ -232,43 +258,39 @@ def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
     if base == "imagenet" and not imagenet_weights_path().is_file():
         st.warning(f"ImageNet weights are not cached on this server ({imagenet_weights_path().name}); a job "
                    f"started from them will fail at once. Fine-tune the active model or start from scratch.")
-    d = proposal if base == proposed else jobs.default_config(base)
+    d = proposal if base == proposed else default_config(base)
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", 1, 200, int(d["epochs"]), key=f"retrain_epochs_{base}",
+    epochs = c1.number_input("Epochs", *_bounds("epochs"), int(d["epochs"]), key=f"retrain_epochs_{base}",
                              help="Passes over the training films. The epoch with the best validation AUC is kept, "
                                   "so more epochs cost time, rarely quality.")
-    lr = c2.select_slider("Learning rate", LR_OPTIONS, value=min(LR_OPTIONS, key=lambda v: abs(v - d["lr"])),
+    rates = _allowed("lr", LR_OPTIONS)
+    lr = c2.select_slider("Learning rate", rates, value=min(rates, key=lambda v: abs(v - d["lr"])),
                           key=f"retrain_lr_{base}",
                           format_func=lambda v: f"{v:.0e}",
                           help="Peak step size (after a one-epoch warm-up, then cosine decay). Lower for "
                                "fine-tuning, so the model does not forget what it knew.")
-    batches = [16, 32, 64, 128, 256]
+    batches = _allowed("batch_size", BATCH_OPTIONS)
     batch = c3.selectbox("Batch size", batches,
                          index=batches.index(d["batch_size"]) if d["batch_size"] in batches else 2,
                          key=f"retrain_batch_{base}",
                          help="Films per step. Lower it if the job runs out of memory.")
-    size = c1.number_input("Image size (px)", 32, 512, int(d["image_size"]), 16, key=f"retrain_size_{base}",
+    size = c1.number_input("Image size (px)", *_bounds("image_size"), int(d["image_size"]), 16,
+                           key=f"retrain_size_{base}",
                            help="Films are resized to this square. The active model uses "
-                                f"{jobs.default_config('active')['image_size']} px; smaller is faster, larger "
+                                f"{default_config('active')['image_size']} px; smaller is faster, larger "
                                 "sees more detail.")
-    augments = ["strong", "mild", "none"]
+    augments = list(SETTINGS["augment"].rule.choices)
     augment = c2.selectbox("Augmentation", augments, key=f"retrain_aug_{base}",
                            index=augments.index(d["augment"]) if d.get("augment") in augments else 0,
                            help="Random crops, rotations, brightness and contrast changes while training, so the "
                                 "model does not learn one site's exposure. Keep it on unless the data are huge.")
     with c3.popover("More settings"):
-        mixup = st.number_input("Mixup α", 0.0, 1.0, float(d["mixup_alpha"]), 0.05, key=f"retrain_mixup_{base}",
-                                help="Blends pairs of films and labels; 0 turns it off.")
-        cap = st.number_input("At most this many films per split (0 = all)", 0, 1_000_000,
-                              int(d.get("max_images") or 0), 50,
-                              key=f"retrain_cap_{base}", help="For a quick trial run of the whole pipeline.")
-        seed = st.number_input("Random seed", 0, 2**31 - 1, int(d["seed"]), key=f"retrain_seed_{base}",
-                               help="Same data, settings and seed give the same model.")
+        mixup, cap, seed = _more_settings_ui(base, d)
     device = _device_ui()
     config = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch), "image_size": int(size),
               "augment": augment, "mixup_alpha": float(mixup), "max_images": int(cap) or None, "seed": int(seed),
               "device": device}
-    seconds, basis = jobs.estimate_seconds(report, config, device)
+    seconds, basis = estimate_seconds(report, config, device)
     text = f"**Estimated time: about {fmt_duration(seconds)}** on the {'GPU' if device == 'cuda' else 'CPU'} " \
            f"(from {basis}; the real pace shows after the first epoch)."
     (st.warning if seconds > 2 * 3600 else st.info)(
@@ -277,7 +299,20 @@ def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
     return base, config
 
 
-def _proposal_ui(kind: str, base: str, config: dict[str, Any], est: jobs.Estimate, active: str | None) -> None:
+def _more_settings_ui(base: str, d: dict[str, Any]) -> tuple[float, int, int]:
+    """Mixup, the cap on films per split (0: none) and the seed, starting from ``d``."""
+    mixup = st.number_input("Mixup α", *map(float, _bounds("mixup_alpha")), float(d["mixup_alpha"]), 0.05,
+                            key=f"retrain_mixup_{base}", help="Blends pairs of films and labels; 0 turns it off.")
+    cap = st.number_input("At most this many films per split (0 = all)", 0, _bounds("max_images")[1],
+                          int(d.get("max_images") or 0), 50, key=f"retrain_cap_{base}",
+                          help=f"For a quick trial run of the whole pipeline (at least {_bounds('max_images')[0]} "
+                               f"films).")
+    seed = st.number_input("Random seed", *_bounds("seed"), int(d["seed"]), key=f"retrain_seed_{base}",
+                           help="Same data, settings and seed give the same model.")
+    return mixup, cap, seed
+
+
+def _proposal_ui(kind: str, base: str, config: dict[str, Any], est: Estimate, active: str | None) -> None:
     """One line: what the settings below propose for this server, and how long it would take."""
     if kind == "cpu" and base == "active":
         cap = f", at most {config['max_images']:,} films per split" if config.get("max_images") else ""
@@ -294,8 +329,6 @@ def _proposal_ui(kind: str, base: str, config: dict[str, Any], est: jobs.Estimat
 
 @st.cache_resource(show_spinner=False)
 def _gpu_name() -> str | None:
-    import torch
-
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
@@ -314,7 +347,7 @@ def _start(data: dict, base: str, config: dict) -> None:
         flash(f"**The job was not started.** {refused}", error=True)
         return
     try:
-        job = jobs.start_job(data["report"].root, base=base, config=config, report=data["report"],
+        job = start_job(data["report"].root, base=base, config=config, report=data["report"],
                              upload_dir=data["upload_dir"])
     except (PneumoError, OSError) as exc:        # OSError: the jobs folder is not writable, a lock timed out
         audit_event("start_training", "failed", model_version=_active_version(), detail=type(exc).__name__)
@@ -328,7 +361,7 @@ def _start(data: dict, base: str, config: dict) -> None:
 
 
 def start_ui(data: dict | None, base: str | None, config: dict | None) -> None:
-    running = jobs.running_job()
+    running = running_job()
     st.button("Start training", type="primary", key="retrain_start", icon=":material/play_arrow:",
               disabled=data is None or running is not None, on_click=_start, args=(data, base, config),
               help="Runs in the background on the server; you can leave this page. The active model is not "
@@ -337,7 +370,7 @@ def start_ui(data: dict | None, base: str | None, config: dict | None) -> None:
 
 # --------------------------------------------------------------------------- a running job
 
-def _job_caption(job: jobs.Job) -> str:
+def _job_caption(job: Job) -> str:
     base = job.spec.get("base") or {}
     data = job.spec.get("data") or {}
     n = sum(sum(c.values()) for c in (data.get("counts") or {}).values())
@@ -353,7 +386,7 @@ def _job_caption(job: jobs.Job) -> str:
 def job_progress_ui(job_id: str) -> None:
     """Live view of a running job (polled from disk every few seconds; every user sees the same)."""
     try:
-        job = jobs.get_job(job_id)
+        job = get_job(job_id)
     except PneumoError as exc:
         st.error(str(exc))
         return
@@ -376,7 +409,7 @@ def job_progress_ui(job_id: str) -> None:
                         + (" This phase is taking longer than estimated." if p["overrun"] else ""))
     if job.history:
         st.plotly_chart(charts.history_figure(job.history), width="stretch", key=f"job_chart_{job.id}")
-    if (job.dir / jobs.CANCEL).exists():
+    if (job.dir / CANCEL).exists():
         st.warning("Cancel requested: the job is stopping. The active model is unchanged.", icon=":material/stop:")
     else:
         st.button("Cancel training", key="retrain_cancel", icon=":material/stop:", on_click=_cancel,
@@ -394,7 +427,7 @@ def _comparison(version: str) -> dict[str, Any]:
         return {}
 
 
-def job_result_ui(job: jobs.Job, op: str) -> None:
+def job_result_ui(job: Job, op: str) -> None:
     st.markdown(f"#### Last job: {STATUS_WORDS.get(job.status, job.status).lower()}")
     st.caption(_job_caption(job) + f" · ended {str(job.state.get('finished', '')).replace('T', ' ')[:19]}")
     if job.status != "succeeded":
@@ -486,7 +519,7 @@ def _cancel(job_id: str) -> None:
         flash(f"**Not cancelled.** {refused}", error=True)
         return
     try:
-        jobs.cancel_job(job_id)
+        cancel_job(job_id)
     except PneumoError as exc:
         audit_event("cancel_training", "failed", detail=f"job {job_id}")
         flash(f"**Not cancelled.** {exc}", error=True)

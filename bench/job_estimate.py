@@ -2,11 +2,11 @@
 
     python bench/job_estimate.py [--sizes small,medium,large] [--no-film-types] [--json OUT]
 
-Each job is a real background job (``pneumo_core.ops.jobs.start_job``, its own worker process, as the Retrain
+Each job is a real background job (``pneumo_core.ops.jobs.launch.start_job``, its own worker process, as the Retrain
 page starts it): a fine-tune of the active version on a subset of the project's films (symlinks into
 ``shared/data/chest_xray``), in a temporary weights folder, so the real registry is never touched. The jobs
 run one after another in one jobs folder, so from the second on the estimate is also corrected by the
-earlier ones (``jobs.phase_pace``), as on a server; both figures are reported: "reference" (the built-in
+earlier ones (``jobs.estimate.phase_pace``), as on a server; both figures are reported: "reference" (the built-in
 rates and the data check's decoding time only) and "used" (what the job was given). The goal: actual
 within ±30% of the estimate. Numbers depend on what else the machine runs: record the load with them.
 """
@@ -70,7 +70,9 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
 
 def run_job(name: str, work: Path, weights: Path) -> dict[str, Any]:
     from pneumo_core.ingest.datacheck import validate_dataset
-    from pneumo_core.ops import jobs
+    from pneumo_core.ops.jobs.estimate import estimate_phases
+    from pneumo_core.ops.jobs.launch import start_job
+    from pneumo_core.ops.jobs.store import get_job
 
     per_class, epochs, size = SIZES[name]
     data = subset(work / f"data-{name}", per_class)
@@ -78,13 +80,13 @@ def run_job(name: str, work: Path, weights: Path) -> dict[str, Any]:
     cfg = {"epochs": epochs, "image_size": size, "batch_size": 32, "lr": 1e-4}
     empty = work / "no-jobs"
     empty.mkdir(exist_ok=True)
-    reference = jobs.estimate_phases(report, cfg, "cpu", root=empty)   # PNEUMO_FILM_TYPES says which
+    reference = estimate_phases(report, cfg, "cpu", root=empty)   # PNEUMO_FILM_TYPES says which
     t0 = time.time()
     load0 = os.getloadavg()[0]
-    job = jobs.start_job(data, base="active", config=cfg, report=report, weights=weights)
+    job = start_job(data, base="active", config=cfg, report=report, weights=weights)
     while not job.finished:
         time.sleep(1)
-        job = jobs.get_job(job.id)
+        job = get_job(job.id)
     wall = time.time() - t0
     if job.status != "succeeded":
         raise RuntimeError(f"job {name} {job.status}: {job.message}\n{job.log_tail(40)}")

@@ -16,7 +16,8 @@ from appkit.retrain_ui import (
     start_ui,
     versions_ui,
 )
-from pneumo_core.ops import jobs
+from pneumo_core.ops.jobs.store import latest_job
+from pneumo_core.ops.jobs.uploads import remove_stale_uploads
 
 require_app_frame()
 require_admin_page("retrain")
@@ -26,9 +27,9 @@ st.caption("Train a new model version on your own films. The active model keeps 
 with st.container():                      # one slot, message or not: what follows keeps its place
     show_flash()
 op = st.session_state.get(OP_KEY) or "balanced"
-jobs.remove_stale_uploads()
+remove_stale_uploads()
 
-job = jobs.latest_job()
+job = latest_job()
 before = reset_after_job(job)
 # The job section is one slot. When it switches between a running job and the settings (a job started or
 # ended), the slot is emptied first: otherwise the previous run's widgets stay on screen, greyed, beside the

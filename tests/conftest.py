@@ -70,8 +70,9 @@ def tiny_model_dir(tmp_path_factory, synthetic_data) -> Path:
     """A real model folder (weights, card, evaluation artifacts) from two CPU epochs at 32 px."""
     import torch
 
+    from pneumo_core.model.config import TrainConfig
     from pneumo_core.model.evaluation import calibrate_model
-    from pneumo_core.model.train import TrainConfig, fit
+    from pneumo_core.model.train import fit
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     cfg = TrainConfig(epochs=2, batch_size=8, image_size=32, lr=3e-3, device="cpu", bf16=False,

@@ -37,7 +37,8 @@ def test_training_runs_without_dicom_gradcam_or_streamlit(tmp_path):
 
     data = make_dataset(tmp_path / "d", {"train": 4, "val": 2})
     code = f"""
-from pneumo_core.model.train import TrainConfig, fit
+from pneumo_core.model.config import TrainConfig
+from pneumo_core.model.train import fit
 from pneumo_core.model.evaluation import calibrate_model
 fit({str(data)!r}, {str(tmp_path / 'm')!r}, TrainConfig(epochs=1, batch_size=4, image_size=32, device='cpu',
     bf16=False, channels_last=False, workers=1))

@@ -16,6 +16,7 @@ from pneumo_core.ingest.preprocess import to_batch
 from pneumo_core.ingest.read import read_xray
 from pneumo_core.model import cam_eval
 from pneumo_core.model import compare as cand
+from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.explain import explain, target_layers
 from pneumo_core.model.network import (
     CARD_FILE,
@@ -27,7 +28,7 @@ from pneumo_core.model.network import (
     write_card,
 )
 from pneumo_core.model.predict import Predictor
-from pneumo_core.model.train import TrainConfig, TrainingCancelled, fit
+from pneumo_core.model.train import TrainingCancelled, fit
 from pneumo_core.ops.registry import verify_version
 from pneumo_core.safety.guard import forward_with_taps
 

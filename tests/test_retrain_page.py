@@ -22,8 +22,11 @@ from streamlit.testing.v1 import AppTest
 from test_jobs import worker_env
 
 from appkit.retrain_ui import DATA_KEY
+from pneumo_core.model.config import SETTINGS
 from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
-from pneumo_core.ops import jobs, registry
+from pneumo_core.ops import registry
+from pneumo_core.ops.jobs import store
+from pneumo_core.ops.jobs import worker as job_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -47,11 +50,11 @@ def weights(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     set_password()
     _clear_caches()
     yield root
-    for job in jobs.list_jobs():
+    for job in store.list_jobs():
         if not job.finished:
-            jobs.cancel_job(job.id)
-            pid = json.loads((job.dir / jobs.WORKER).read_text())["pid"]
-            if jobs._leads_another_group(pid):         # never this test process's own group (CI may make
+            store.cancel_job(job.id)
+            pid = json.loads((job.dir / store.WORKER).read_text())["pid"]
+            if store._leads_another_group(pid):        # never this test process's own group (CI may make
                 os.killpg(pid, 9)                      # pytest a group leader: that would end the whole run)
     while _STAND_INS:
         _STAND_INS.pop().wait(timeout=30)
@@ -113,6 +116,10 @@ def test_folder_check_shows_counts_settings_and_an_estimate(weights, data, tmp_p
     card = json.loads((weights / "base" / CARD_FILE).read_text())
     assert at.number_input(key="retrain_size_active").value == card["input"]["size"]    # the active model's
     assert at.number_input(key="retrain_epochs_active").value <= 5             # a short fine-tune on a CPU
+    for key, name in (("epochs", "epochs"), ("size", "image_size"), ("seed", "seed")):   # TrainConfig's bounds
+        field = at.number_input(key=f"retrain_{key}_active")
+        assert (field.min, field.max) == SETTINGS[name].bounds()
+    assert at.selectbox(key="retrain_aug_active").options == list(SETTINGS["augment"].rule.choices)
     estimate = next(i.value for i in at.info if "Estimated time" in i.value)
     assert "CPU" in estimate and "img/s" in estimate
     assert not button(at, "retrain_start").disabled
@@ -145,7 +152,7 @@ def test_bad_zip_uploads_are_rejected_cleanly(weights, data):
     assert any("Unreadable files (1)" in x.label for x in at.expander)
     assert button(at, "retrain_start").disabled
     assert "Traceback" not in str(at._tree)
-    uploads = weights / ".jobs" / jobs.UPLOADS
+    uploads = weights / ".jobs" / store.UPLOADS
     assert len(list(uploads.iterdir())) == 1                         # the rejected archive's folder is gone
 
 
@@ -163,7 +170,7 @@ def test_start_watch_from_two_sessions_and_cancel_from_the_page(weights, data):
     button(at, "retrain_start").click()
     run(at)
     assert any(h.value == "Training in progress" for h in at.subheader)
-    [job] = jobs.list_jobs()
+    [job] = store.list_jobs()
     assert not job.finished
     assert any(f"Training job {job.id} started" in s.value for s in at.success)
 
@@ -176,7 +183,7 @@ def test_start_watch_from_two_sessions_and_cancel_from_the_page(weights, data):
 
     deadline = time.monotonic() + 300
     while _epoch_shown(at) < 1:
-        assert time.monotonic() < deadline, jobs.get_job(job.id).log_tail()
+        assert time.monotonic() < deadline, store.get_job(job.id).log_tail()
         time.sleep(1)
         run(at)
     assert at.get("plotly_chart")                                   # loss and AUC by epoch
@@ -193,25 +200,26 @@ def test_start_watch_from_two_sessions_and_cancel_from_the_page(weights, data):
 
 
 @pytest.fixture()
-def finished_job(weights, tiny_model_dir, data, tmp_path) -> tuple[jobs.Job, dict]:
+def finished_job(weights, tiny_model_dir, data, tmp_path) -> tuple[store.Job, dict]:
     """What a successful job leaves: a new version with its comparison, and the job's state."""
     from pneumo_core.model.evaluation import calibrate_model
 
     candidate = copy_model_version(tiny_model_dir, tmp_path, "cand-v")
     card = calibrate_model(candidate, data, n_boot=50)        # as a job does: on its own films, then compare
-    comparison = jobs._compare(candidate, card, data, {"path": str(weights / "base"), "version": "base"}, 50, "cpu")
+    comparison = job_worker._compare(candidate, card, data, {"path": str(weights / "base"), "version": "base"}, 50,
+                                     "cpu")
     (candidate / "comparison.json").write_text(json.dumps(comparison))
     version = registry.add_version(candidate, weights)
     job_dir = weights / ".jobs" / "20990101-000000-aaaaaa"
     job_dir.mkdir(parents=True)
-    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 2, "image_size": 32},
-                                                 "base": {"kind": "active", "version": "base"},
-                                                 "data": {"counts": {"train": {"NORMAL": 20, "PNEUMONIA": 20}}},
-                                                 "data_name": "pagedata"}))
-    (job_dir / jobs.STATE).write_text(json.dumps({"status": "succeeded", "phase": "ended", "version": version,
-                                                  "history": card["history"], "finished": "2099-01-01T00:00:00",
-                                                  "message": f"New model version {version} is ready."}))
-    return jobs.get_job(job_dir.name), comparison
+    (job_dir / store.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 2, "image_size": 32},
+                                                  "base": {"kind": "active", "version": "base"},
+                                                  "data": {"counts": {"train": {"NORMAL": 20, "PNEUMONIA": 20}}},
+                                                  "data_name": "pagedata"}))
+    (job_dir / store.STATE).write_text(json.dumps({"status": "succeeded", "phase": "ended", "version": version,
+                                                   "history": card["history"], "finished": "2099-01-01T00:00:00",
+                                                   "message": f"New model version {version} is ready."}))
+    return store.get_job(job_dir.name), comparison
 
 
 def test_finished_job_compares_side_by_side_then_promote_and_rollback(weights, finished_job):
@@ -288,13 +296,12 @@ def test_tampered_version_is_not_promoted_from_the_page(weights, tiny_model_dir)
 def test_failed_and_killed_jobs_show_a_clear_message_and_the_log(weights):
     job_dir = weights / ".jobs" / "20990101-000000-bbbbbb"
     job_dir.mkdir(parents=True)
-    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 3}}))
-    (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
-    (job_dir / jobs.LOG).write_text("epoch 1/3  loss=0.6931\n")
+    (job_dir / store.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 3}}))
+    (job_dir / store.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
+    (job_dir / store.LOG).write_text("epoch 1/3  loss=0.6931\n")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    start = jobs._proc_info(gone.pid)[1]          # before it is reaped: a reused pid is then told apart
+    store.record_worker(job_dir, gone.pid)        # before it is reaped: a reused pid is then told apart
     gone.wait()
-    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": gone.pid, "start": start}))
     at = open_page()
     assert any("stopped unexpectedly" in e and "unchanged" in e for e in errors(at))
     assert any("epoch 1/3" in c.value for c in at.code)
@@ -308,14 +315,14 @@ def test_progress_counts_down_from_the_last_epoch_or_the_estimate(tmp_path):
 
     (tmp_path / "state.json").write_text("{}")
     written = (tmp_path / "state.json").stat().st_mtime
-    job = jobs.Job("j", tmp_path, {"status": "running", "history": [
+    job = store.Job("j", tmp_path, {"status": "running", "history": [
         {"epoch": 2, "train_loss": 0.5, "val_auc": 0.8, "eta_s": 100.0}]}, {"config": {"epochs": 5}})
     p = progress(job, now=written + 30)
     assert (p["epoch"], p["epochs"], p["fraction"], p["metric"]) == (2, 5, 0.4, 0.8)
     assert p["eta_s"] == pytest.approx(70) and progress(job, now=written + 500)["eta_s"] == 0
     created = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
-    fresh = jobs.Job("j", tmp_path, {"status": "running", "history": [], "created": created.isoformat()},
-                     {"config": {"epochs": 5}, "estimate": {"seconds": 600}})
+    fresh = store.Job("j", tmp_path, {"status": "running", "history": [], "created": created.isoformat()},
+                      {"config": {"epochs": 5}, "estimate": {"seconds": 600}})
     assert progress(fresh, now=created.timestamp() + 60)["eta_s"] == pytest.approx(540)
     assert [fmt_duration(s) for s in (45, 600, 7200, None)] == ["45 s", "10 min", "2.0 h", "–"]
 
@@ -390,18 +397,17 @@ def test_a_job_that_ends_resets_the_data_and_the_picker_lists_its_version(weight
     assert at.selectbox(key="retrain_version_pick").value is None           # only the active version so far
     job_dir = weights / ".jobs" / "20990101-000000-cccccc"                  # a job started elsewhere (CLI)
     job_dir.mkdir(parents=True)
-    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 2, "image_size": 32}}))
-    (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
+    (job_dir / store.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 2, "image_size": 32}}))
+    (job_dir / store.STATE).write_text(json.dumps({"status": "running", "phase": "training", "history": []}))
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        start = jobs._proc_info(worker.pid)[1]
-        (job_dir / jobs.WORKER).write_text(json.dumps({"pid": worker.pid, "start": start}))
+        store.record_worker(job_dir, worker.pid)
         run(at)
         assert any(h.value == "Training in progress" for h in at.subheader)
         copy_model_version(tiny_model_dir, weights, "cand-v")                # what the job leaves when it ends
-        (job_dir / jobs.STATE).write_text(json.dumps({"status": "succeeded", "phase": "ended", "version": "cand-v",
-                                                      "finished": "2099-01-01T00:00:00",
-                                                      "message": "New model version cand-v is ready."}))
+        (job_dir / store.STATE).write_text(json.dumps({"status": "succeeded", "phase": "ended", "version": "cand-v",
+                                                       "finished": "2099-01-01T00:00:00",
+                                                       "message": "New model version cand-v is ready."}))
         run(at)
     finally:
         worker.kill()
@@ -423,20 +429,20 @@ def test_a_job_that_ends_resets_the_data_and_the_picker_lists_its_version(weight
 _STAND_INS: list[subprocess.Popen] = []
 
 
-def _live_job(weights: Path, state: dict, estimate: dict) -> jobs.Job:
+def _live_job(weights: Path, state: dict, estimate: dict) -> store.Job:
     """A job that looks alive, with the given state: its worker record names a sleeping process that, like a
     real worker, leads its own session (the ``weights`` fixture ends it)."""
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     _STAND_INS.append(stand_in)
     job_dir = weights / ".jobs" / "20990101-000000-cccccc"
     job_dir.mkdir(parents=True)
-    (job_dir / jobs.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 4, "image_size": 32},
-                                                 "base": {"kind": "active", "version": "base"},
-                                                 "estimate": estimate, "data_name": "pagedata"}))
-    (job_dir / jobs.STATE).write_text(json.dumps({"status": "running", "created": "2099-01-01T00:00:00+00:00",
-                                                  "history": [], **state}))
-    (job_dir / jobs.WORKER).write_text(json.dumps({"pid": stand_in.pid, "start": jobs._proc_info(stand_in.pid)[1]}))
-    return jobs.get_job(job_dir.name)
+    (job_dir / store.SPEC).write_text(json.dumps({"id": job_dir.name, "config": {"epochs": 4, "image_size": 32},
+                                                  "base": {"kind": "active", "version": "base"},
+                                                  "estimate": estimate, "data_name": "pagedata"}))
+    (job_dir / store.STATE).write_text(json.dumps({"status": "running", "created": "2099-01-01T00:00:00+00:00",
+                                                   "history": [], **state}))
+    store.record_worker(job_dir, stand_in.pid)
+    return store.get_job(job_dir.name)
 
 
 PLAN = {"seconds": 100, "basis": "test", "phases": {"preparing": 10, "training": 40, "calibrating": 10,
@@ -451,24 +457,24 @@ def test_progress_names_the_phase_and_never_reads_0_s_while_work_remains(tmp_pat
     t0 = written - 100
 
     def at(state: dict, now: float, history=()) -> dict:
-        job = jobs.Job("j", tmp_path, {"status": "running", "history": list(history), **state},
-                       {"config": {"epochs": 4}, "estimate": PLAN})
+        job = store.Job("j", tmp_path, {"status": "running", "history": list(history), **state},
+                        {"config": {"epochs": 4}, "estimate": PLAN})
         return progress(job, now=now)
 
-    training = {**jobs.phase_fields("training", t0), "phases": {"preparing": 20}, "phase_fraction": 0.5}
+    training = {**store.phase_fields("training", t0), "phases": {"preparing": 20}, "phase_fraction": 0.5}
     p = at(training, written + 10, [{"epoch": 2, "train_loss": 0.4, "val_auc": 0.8, "eta_s": 50.0}])
     assert phase_text(p) == "Phase 2 of 5: training — 50%"
     # 40 s of training left, then the later phases at the pace so far (preparing took 2x its estimate)
     assert p["eta_s"] == pytest.approx(40 + 2 * (10 + 30 + 10))
-    guard = {**jobs.phase_fields("guard", t0 + 80), "phases": {"preparing": 10, "training": 40, "calibrating": 10}}
+    guard = {**store.phase_fields("guard", t0 + 80), "phases": {"preparing": 10, "training": 40, "calibrating": 10}}
     p = at(guard, t0 + 95)
     assert phase_text(p) == "Phase 4 of 5: fitting the out-of-distribution guard and the film-type check — 50%"
     assert p["eta_s"] == pytest.approx(15 + 10) and time_left_text(p) == "25 s"
     late = at(guard, t0 + 80 + 200)                                  # far past the guard's estimate
     assert late["overrun"] and late["fraction"] == 0.99
     assert time_left_text(late) == "more than 10 s"                  # the comparison is still to come
-    last = {**jobs.phase_fields("comparing", t0), "phases": {k: v for k, v in PLAN["phases"].items()
-                                                             if k != "comparing"}}
+    last = {**store.phase_fields("comparing", t0), "phases": {k: v for k, v in PLAN["phases"].items()
+                                                              if k != "comparing"}}
     p = at(last, t0 + 500)
     assert p["eta_s"] == 0 and time_left_text(p) == "finishing"     # never "0 s"
     old = at({"phase": "training"}, written, [{"epoch": 1, "eta_s": 30.0}])   # a job from before phases
@@ -494,7 +500,7 @@ def test_running_job_shows_its_phase_and_time_left_for_the_whole_job(weights):
     import time as _time
 
     now = _time.time()
-    _live_job(weights, {**jobs.phase_fields("guard", now - 5), "phase_step": "features of 40 training films",
+    _live_job(weights, {**store.phase_fields("guard", now - 5), "phase_step": "features of 40 training films",
                         "phases": {"preparing": 10, "training": 40, "calibrating": 10}}, PLAN)
     at = open_page()
     assert any(h.value == "Training in progress" for h in at.subheader)
@@ -520,7 +526,7 @@ def test_starting_a_job_replaces_the_settings_in_place(weights, data):
     at = check_folder(open_page(), data)
     versions_at = _top_index(at, "Model versions")
     section_at = _top_index(at, "New training job")
-    _live_job(weights, jobs.phase_fields("preparing", __import__("time").time()), PLAN)
+    _live_job(weights, store.phase_fields("preparing", __import__("time").time()), PLAN)
     at.session_state["_retrain_flash"] = ("Training job started.", False)      # the message a start leaves
     run(at)
     assert _top_index(at, "Training in progress") == section_at       # the same slot, emptied first

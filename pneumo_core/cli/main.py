@@ -14,7 +14,11 @@ from typing import Sequence
 
 from pneumo_core.cli.admin import add_trust_commands, cli_audit, cli_audit_many, file_sha256
 from pneumo_core.cli.models import add_registry_commands
+from pneumo_core.cli.train_flags import TRAIN_FLAGS, add_train_flags, train_settings
 from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.files import atomic_write_bytes, atomic_write_json
+from pneumo_core.ingest.read import read_xray
+from pneumo_core.model.config import TrainConfig
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -24,6 +28,7 @@ def _err(msg: str) -> None:
 
 
 def _predictor(model: str | None):
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.model.predict import Predictor
     from pneumo_core.ops.registry import active_model_dir
 
@@ -43,6 +48,7 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.model.predict import predict_files
 
     predictor = _predictor(args.model)
@@ -71,6 +77,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _audit_fields(rec) -> dict:
     """An audit event for a record: the file's sha256 (never its name), result, probability, operating point."""
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.model.predict import outside_detail
 
     return {"input_sha256": file_sha256(rec.file), "result": rec.label or rec.status, "probability": rec.probability,
@@ -80,7 +87,7 @@ def _audit_fields(rec) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumo_core.files import atomic_write_json
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.ingest.folders import is_labelled_folder
     from pneumo_core.model.evaluation import evaluate_folder
 
@@ -105,18 +112,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pneumo_core.model.evaluation import calibrate_model
     from pneumo_core.model.network import read_card
-    from pneumo_core.model.train import TrainConfig, fit
+    from pneumo_core.model.train import fit
 
     if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
         _err(f"--film-types: {args.film_types} is not a folder.")
         return EXIT_USAGE
-    overrides = {k: v for k, v in {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
-        "seed": args.seed, "device": args.device, "augment": args.augment, "mixup_alpha": args.mixup,
-        "max_images": args.max_images, "compile": args.compile or None, "threads": args.threads,
-        "ema_decay": args.ema_decay,
-    }.items() if v is not None}
-    cfg = TrainConfig(init=args.init, **overrides)
+    cfg = TrainConfig(**train_settings(args, TRAIN_FLAGS))     # flags given; TrainConfig's defaults for the rest
 
     def progress(r) -> None:
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items())
@@ -140,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.model.evaluation import calibrate_model
 
     card = calibrate_model(args.model, args.data, n_boot=args.bootstrap, log=print)
@@ -148,8 +150,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from pneumo_core.files import atomic_write_bytes
-    from pneumo_core.ingest.read import read_xray
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.model.explain import encode_png, explain, overlay
     from pneumo_core.model.predict import outside_detail, outside_message
 
@@ -184,6 +185,7 @@ def film_types_opt(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fit_guard(args: argparse.Namespace) -> int:
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.ingest.folders import discover_splits
     from pneumo_core.model.network import read_card
     from pneumo_core.safety.guard import fit_guard
@@ -214,9 +216,8 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
 
 
 def cmd_cam_eval(args: argparse.Namespace) -> int:
-    from pneumo_core.files import atomic_write_json
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.ingest.folders import list_labelled
-    from pneumo_core.ingest.read import read_xray
     from pneumo_core.model import cam_eval
     from pneumo_core.model.network import CARD_FILE, read_card, write_card
 
@@ -253,42 +254,44 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Pneumonia decision support for chest radiographs "
                                              "(decision support, not a diagnosis).")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_predict, _add_evaluate, _add_train, _add_calibrate, _add_explain, _add_fit_guard,
+                _add_cam_eval):
+        add(sub)
+    add_registry_commands(sub)        # models list|promote|rollback, jobs start|status|cancel
+    add_trust_commands(sub)           # set-admin-password, unlock-sign-in, audit export|verify|tail
+    return ap
 
-    def model_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", help="model folder (default: the active model in weights/)")
-        p.add_argument("--operating-point", help="balanced | high_sensitivity (default: the card's)")
 
+def _model_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder (default: the active model in weights/)")
+    p.add_argument("--operating-point", help="balanced | high_sensitivity (default: the card's)")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="probability of pneumonia for each file")
-    model_opts(p)
+    _model_opts(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line and file")
-    p.add_argument("--analyse-anyway", action="store_true", help="score films the guard rejects (outside validated use)")
+    p.add_argument("--analyse-anyway", action="store_true",
+                   help="score films the guard rejects (outside validated use)")
     p.add_argument("--no-audit", action="store_true", help="do not record these predictions in the audit log")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics with 95%% CIs on a NORMAL/ + PNEUMONIA/ folder")
-    model_opts(p)
+    _model_opts(p)
     p.add_argument("--data", required=True)
     p.add_argument("--json", required=True, metavar="OUT")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a new model version (then calibrate it)")
     p.add_argument("--data", required=True, help="folder with train/ [val/ test/ external/] or NORMAL/ + PNEUMONIA/")
     p.add_argument("--out", required=True, help="new model folder (must not exist)")
-    p.add_argument("--init", default="scratch", help="imagenet | scratch | PATH to a model folder")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--augment", choices=["strong", "mild", "none"])
-    p.add_argument("--mixup", type=float, help="mixup alpha (0 disables)")
-    p.add_argument("--max-images", type=int, help="cap per split (smoke tests)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--ema-decay", type=float, help="per-step EMA decay of the averaged model (0 disables)")
+    add_train_flags(p, TRAIN_FLAGS, show_defaults=True)
     p.add_argument("--checkpoint-dir", help="save the training state here every epoch; resume from it if present")
     p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
                    help="with --checkpoint-dir, also keep the weights of the last N epochs")
@@ -299,14 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     film_types_opt(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit temperature and operating points; evaluate every split")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.set_defaults(func=cmd_calibrate)
 
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="Grad-CAM overlay PNG for one film")
-    model_opts(p)
+    _model_opts(p)
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", required=True, metavar="PNG")
     p.add_argument("--method", help="gradcam | gradcam++ | hirescam | layercam | eigencam (default: the card's choice)")
@@ -314,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analyse-anyway", action="store_true")
     p.set_defaults(func=cmd_explain)
 
+
+def _add_fit_guard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-guard", help="fit the out-of-distribution guard of a model folder; record it in the card")
     p.add_argument("--model", required=True, help="model folder (its weights are not changed)")
     p.add_argument("--data", required=True, help="folder with train/ and val/ [test/ external/] (NORMAL/ + PNEUMONIA/)")
@@ -325,8 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-negatives", action="store_true", help="skip the built-in non-chest images")
     film_types_opt(p)
     p.set_defaults(func=cmd_fit_guard)
+
+
+def _add_cam_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cam-eval", help="score Grad-CAM layers and methods by faithfulness (ROAD); pick one")
-    model_opts(p)
+    _model_opts(p)
     p.add_argument("--data", required=True, help="a labelled folder (NORMAL/ + PNEUMONIA/), e.g. external/")
     p.add_argument("--films", type=int, default=32, help="PNEUMONIA films to explain (default 32)")
     p.add_argument("--layers", help="comma-separated, from denseblock3,transition3,denseblock4")
@@ -334,9 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the comparison here")
     p.add_argument("--apply", action="store_true", help="record the choice in the model's card")
     p.set_defaults(func=cmd_cam_eval)
-    add_registry_commands(sub)        # models list|promote|rollback, jobs start|status|cancel
-    add_trust_commands(sub)           # set-admin-password, unlock-sign-in, audit export|verify|tail
-    return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:

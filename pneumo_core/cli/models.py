@@ -7,6 +7,9 @@ import argparse
 import json
 import time
 
+from pneumo_core.cli.admin import cli_audit
+from pneumo_core.cli.train_flags import JOB_FLAGS, add_train_flags, train_settings
+
 EXIT_OK, EXIT_FAIL = 0, 1
 
 
@@ -17,6 +20,7 @@ def _fmt(value, ci) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    # torch-heavy (the registry reads model cards): imported when the command runs, so --help stays fast
     from pneumo_core.ops.registry import list_versions, read_history, weights_root
 
     versions = list_versions(verify=args.verify)
@@ -42,7 +46,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    from pneumo_core.cli.admin import cli_audit
+    # torch-heavy (the registry reads model cards): imported when the command runs, so --help stays fast
     from pneumo_core.ops.registry import promote
 
     try:
@@ -56,7 +60,7 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    from pneumo_core.cli.admin import cli_audit
+    # torch-heavy (the registry reads model cards): imported when the command runs, so --help stays fast
     from pneumo_core.ops.registry import active_name, rollback
 
     before = active_name()
@@ -71,7 +75,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_models_seal(args: argparse.Namespace) -> int:
-    from pneumo_core.cli.admin import cli_audit
+    # torch-heavy (the registry reads model cards): imported when the command runs, so --help stays fast
     from pneumo_core.ops.registry import seal_version
 
     card = seal_version(args.folder)
@@ -88,7 +92,8 @@ def _print_job(job) -> None:
 
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.jobs import get_job, list_jobs
+    # torch-heavy (jobs read the registry): imported when the command runs, so --help stays fast
+    from pneumo_core.ops.jobs.store import get_job, list_jobs
 
     jobs = [get_job(args.job)] if args.job else list_jobs(limit=args.limit)
     for job in jobs:
@@ -102,14 +107,11 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_start(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.jobs import get_job, start_job
+    # torch-heavy (jobs read the registry): imported when the command runs, so --help stays fast
+    from pneumo_core.ops.jobs.launch import start_job
+    from pneumo_core.ops.jobs.store import get_job
 
-    config = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                "image_size": args.image_size, "device": args.device, "max_images": args.max_images,
-                                "seed": args.seed}.items() if v is not None}
-    from pneumo_core.cli.admin import cli_audit
-
-    job = start_job(args.data, base=args.base, config=config, bootstrap=args.bootstrap)
+    job = start_job(args.data, base=args.base, config=train_settings(args, JOB_FLAGS), bootstrap=args.bootstrap)
     cli_audit("start_training", "succeeded", detail=f"job {job.id}; base {args.base}")
     print(f"started job {job.id} (log: {job.log_path})", flush=True)
     if not args.wait:
@@ -127,8 +129,8 @@ def cmd_jobs_start(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    from pneumo_core.cli.admin import cli_audit
-    from pneumo_core.ops.jobs import cancel_job
+    # torch-heavy (jobs read the registry): imported when the command runs, so --help stays fast
+    from pneumo_core.ops.jobs.store import cancel_job
 
     job = cancel_job(args.job)
     cli_audit("cancel_training", "succeeded" if not job.finished else "no-op", detail=f"job {job.id}")
@@ -137,12 +139,18 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_worker(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.jobs import run_worker
+    # the whole training stack: only the worker process imports it
+    from pneumo_core.ops.jobs.worker import run_worker
 
     return run_worker(args.job_dir)
 
 
 def add_registry_commands(sub: argparse._SubParsersAction) -> None:
+    _add_models(sub)
+    _add_jobs(sub)
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="model versions in weights/: list, promote, rollback")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     q = msub.add_parser("list", help="versions with key metrics; * marks the active one")
@@ -159,19 +167,15 @@ def add_registry_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("folder", metavar="FOLDER")
     q.set_defaults(func=cmd_models_seal)
 
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="background training jobs (what the Retrain page starts)")
     jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     q = jsub.add_parser("start", help="check the data, then train a new version in a background process")
     q.add_argument("--data", required=True, help="NORMAL/ + PNEUMONIA/, or train/ [val/ test/ external/] holding them")
     q.add_argument("--base", choices=["active", "imagenet", "scratch"], default="active",
                    help="fine-tune the active model (default), or start from ImageNet weights or from scratch")
-    q.add_argument("--epochs", type=int)
-    q.add_argument("--batch-size", type=int)
-    q.add_argument("--lr", type=float)
-    q.add_argument("--image-size", type=int)
-    q.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--max-images", type=int, help="cap per split (a quick trial)")
-    q.add_argument("--seed", type=int)
+    add_train_flags(q, JOB_FLAGS, show_defaults=False)      # defaults: the job's, for its base
     q.add_argument("--bootstrap", type=int, default=1000)
     q.add_argument("--wait", action="store_true", help="follow the job until it ends")
     q.set_defaults(func=cmd_jobs_start)
@@ -186,4 +190,3 @@ def add_registry_commands(sub: argparse._SubParsersAction) -> None:
     q = jsub.add_parser("worker")            # internal: the process start_job launches
     q.add_argument("job_dir")
     q.set_defaults(func=cmd_jobs_worker)
-

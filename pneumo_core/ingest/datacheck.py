@@ -22,11 +22,11 @@ from typing import BinaryIO, Callable
 from pneumo_core.errors import PneumoError, UnreadableImageError
 from pneumo_core.ingest.folders import LabelledFiles, discover_splits, list_labelled
 from pneumo_core.ingest.read import MAX_FILE_BYTES, read_xray
+from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.network import LABELS
 
 MIN_TRAIN_PER_CLASS = 20     # fewer films than this per class cannot teach the model anything useful
 MIN_EVAL_PER_CLASS = 5       # val/ and external/ need enough of each class for an AUC to mean something
-VAL_FRACTION = 0.1           # carved from train/ when there is no val/ (as train.TrainConfig)
 
 ZIP_MAX_FILES = 20_000                 # a training set is thousands of films, not hundreds of thousands
 ZIP_MAX_BYTES = 8 * 1024 ** 3          # uncompressed total
@@ -71,7 +71,8 @@ class DatasetReport:
     def carved_val(self) -> dict[str, int]:
         if "val" in self.counts:
             return {}
-        return {k: max(1, round(v * VAL_FRACTION)) for k, v in self.counts.get("train", {}).items()}
+        # carved from train/ when there is no val/, as training will carve it (TrainConfig's default share)
+        return {k: max(1, round(v * TrainConfig.val_fraction)) for k, v in self.counts.get("train", {}).items()}
 
     def summary(self) -> dict:
         """What may be stored with a job: counts only, never file names."""
@@ -128,8 +129,8 @@ def validate_dataset(root: str | Path, *, min_train_per_class: int = MIN_TRAIN_P
             problems.append(f"Too few films in {split}/: {_fmt(counts[split])}; at least {min_eval_per_class} of "
                             f"each class are needed (or remove {split}/).")
     if "val" not in counts:
-        warnings.append(f"No val/ folder: {VAL_FRACTION:.0%} of train/ (stratified, random: patients are not kept "
-                        f"together) is held out for validation.")
+        warnings.append(f"No val/ folder: {TrainConfig.val_fraction:.0%} of train/ (stratified, random: patients are "
+                        f"not kept together) is held out for validation.")
     if "external" not in counts:
         warnings.append("No external/ folder: the new model is evaluated on its validation films only.")
     if unreadable:

@@ -31,31 +31,8 @@ from pneumo_core.files import atomic_write_bytes
 from pneumo_core.ingest.folders import ImageSet, LabelledFiles, discover_splits, fingerprint, list_labelled, load_images
 from pneumo_core.ingest.preprocess import normalise
 from pneumo_core.model import augment as aug
+from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.network import LABELS, code_version, create_model, default_input_spec, save_model
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3                 # AdamW peak, after a linear warm-up
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    image_size: int = 224
-    init: str = "scratch"            # scratch | imagenet | path to a model folder
-    dropout: float = 0.0
-    augment: str = "strong"          # strong | mild | none
-    mixup_alpha: float = 0.2
-    ema_decay: float = 0.995         # per step; 0 disables the averaged model
-    seed: int = 0
-    device: str = "auto"             # auto | cpu | cuda
-    bf16: bool = True                # autocast where the device supports it
-    channels_last: bool = True
-    compile: bool = False
-    val_fraction: float = 0.1        # carved from train/ when no val/ exists
-    max_images: int | None = None    # per split; for smoke tests
-    workers: int = 4                 # decoding threads
-    threads: int | None = None       # CPU threads for torch; None keeps torch's default
 
 
 @dataclass(frozen=True)
