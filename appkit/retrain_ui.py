@@ -15,8 +15,8 @@ from typing import Any
 
 import streamlit as st
 
-from pneumo_core.errors import ModelLoadError, PneumoError
-from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, extract_zip, validate_dataset
+from pneumo_core.errors import DatasetError, ModelLoadError, PneumoError
+from pneumo_core.ingest.datacheck import DatasetReport, extract_zip, validate_dataset
 from pneumo_core.ingest.folders import discover_splits, list_labelled
 from pneumo_core.model.network import LABELS, imagenet_weights_path, read_card
 from pneumo_core.ops import jobs, registry

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import make_dataset
 
-from pneumo_core.ingest.datacheck import DatasetError, extract_zip, validate_dataset
+from pneumo_core.errors import DatasetError
+from pneumo_core.ingest.datacheck import extract_zip, validate_dataset
 
 
 def zip_folder(folder: Path, prefix: str = "", extra: dict[str, bytes] | None = None) -> bytes:

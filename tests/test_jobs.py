@@ -22,8 +22,7 @@ from conftest import make_dataset, synthetic_film, write_png
 from filelock import FileLock
 
 from pneumo_core.cli.main import main
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.ingest.datacheck import DatasetError
+from pneumo_core.errors import DatasetError, ModelLoadError
 from pneumo_core.ingest.read import read_xray
 from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model, write_card
 from pneumo_core.model.predict import Predictor

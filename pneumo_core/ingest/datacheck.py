@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 
-from pneumo_core.errors import PneumoError, UnreadableImageError
+from pneumo_core.errors import DatasetError, UnreadableImageError
 from pneumo_core.ingest.folders import LabelledFiles, discover_splits, list_labelled
 from pneumo_core.ingest.read import MAX_FILE_BYTES, read_xray
 from pneumo_core.model.network import LABELS
@@ -35,9 +35,6 @@ ZIP_MAX_EXPANSION = 50                 # all members together, uncompressed / th
                                        # compress; 1,100 members of 1 MiB of zeros in 1.65 MB did, 700 times)
 _IGNORED_PARTS = ("__MACOSX",)
 
-
-class DatasetError(PneumoError, ValueError):
-    """Training data that cannot be used; the message says what to fix."""
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from pneumo_core.errors import PneumoError
+from pneumo_core.errors import AuditError, IntegrityKeyError
 from pneumo_core.ops.csvcell import LINE_END, safe_cell
-from pneumo_core.ops.integrity import IntegrityKeyError, derived_key, key_path
+from pneumo_core.ops.integrity import derived_key, key_path
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("id", "time", "role", "actor", "session", "action", "model_version", "input_sha256", "result",
@@ -63,9 +63,6 @@ CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_action ON events (action);
 """
 
-
-class AuditError(PneumoError):
-    """The audit log cannot be written or read."""
 
 
 def audit_path() -> Path:

@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from pneumo_core.errors import PneumoError
+from pneumo_core.errors import AuthError
 
 VIEWER, ADMIN = "viewer", "admin"
 SECTION = "pneumo"
@@ -34,9 +34,6 @@ ADMIN_EMAILS_KEY = "admin_emails"
 MIN_PASSWORD_CHARS = 12
 ROOT = Path(__file__).resolve().parent.parent
 
-
-class AuthError(PneumoError):
-    """The secrets file or a password cannot be used (said plainly, never with the password)."""
 
 
 def secrets_path() -> Path:

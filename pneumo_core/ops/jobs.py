@@ -41,9 +41,9 @@ from typing import Any, Mapping
 
 from filelock import FileLock, Timeout
 
-from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.errors import AuditError, DatasetError, ModelLoadError, PneumoError
 from pneumo_core.files import atomic_write_json
-from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, remove_tree, validate_dataset
+from pneumo_core.ingest.datacheck import DatasetReport, remove_tree, validate_dataset
 from pneumo_core.model.network import read_card
 from pneumo_core.ops.registry import active_model_dir, add_version, verify_version, weights_root
 
@@ -878,7 +878,7 @@ def run_worker(job_dir: str | Path) -> int:
 
 def _audit_outcome(job_dir: Path, status: str, version: str | None) -> None:
     """The job's ending in the audit log (who started it is recorded by the app or the CLI)."""
-    from pneumo_core.ops.audit import AuditError, record
+    from pneumo_core.ops.audit import record
 
     try:
         record("training_finished", role="job", session=f"job:{job_dir.name}", result=status, model_version=version,

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
-from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.errors import ModelLoadError, RegistryError
 from pneumo_core.files import atomic_write_bytes, atomic_write_json, sha256_file
 from pneumo_core.model.network import CARD_FILE, check_weight_files, read_card, weight_files, write_card
 from pneumo_core.ops.integrity import check_card
@@ -33,9 +33,6 @@ LOCK_FILE = ".registry.lock"
 HISTORY_KEEP = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-
-class RegistryError(PneumoError, ValueError):
-    """A promote, rollback or add that cannot be done (unknown version, nothing to roll back to, ...)."""
 
 
 def weights_root() -> Path:

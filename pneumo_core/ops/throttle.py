@@ -34,14 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pneumo_core.errors import PneumoError
+from pneumo_core.errors import ThrottleError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "CREATE TABLE IF NOT EXISTS failures (client TEXT PRIMARY KEY, count INTEGER NOT NULL, last REAL NOT NULL)"
 
-
-class ThrottleError(PneumoError):
-    """The sign-in throttle's file cannot be read or written."""
 
 
 def throttle_path() -> Path:
