@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from pneumo_core.errors import UnreadableImageError
-from pneumo_core.ingest.read import MAX_PIXELS, XrayImage, read_xray
+from pneumo_core.ingest.pixels import MAX_PIXELS
+from pneumo_core.ingest.read import XrayImage, read_xray
 from pneumo_core.model.explain import Explanation, explain
 from pneumo_core.model.predict import MODEL_ERRORS, Prediction, Predictor
 
