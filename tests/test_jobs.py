@@ -313,7 +313,7 @@ def test_estimate_prefers_a_pace_measured_on_this_machine_at_a_similar_size(weig
 def test_an_uploaded_archive_belongs_to_its_job_and_is_removed_when_it_ends(weights, data):
     from test_datacheck import zip_folder
 
-    from pneumo_core.ingest.datacheck import extract_zip
+    from pneumo_core.ingest.archives import extract_zip
 
     upload = jobs.new_upload_dir()
     root = extract_zip(zip_folder(data, "some-folder/"), upload)

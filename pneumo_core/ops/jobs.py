@@ -43,7 +43,8 @@ from filelock import FileLock, Timeout
 
 from pneumo_core.errors import AuditError, DatasetError, ModelLoadError, PneumoError
 from pneumo_core.files import atomic_write_json
-from pneumo_core.ingest.datacheck import DatasetReport, remove_tree, validate_dataset
+from pneumo_core.ingest.archives import remove_tree
+from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
 from pneumo_core.model.network import read_card
 from pneumo_core.ops.registry import active_model_dir, add_version, verify_version, weights_root
 
