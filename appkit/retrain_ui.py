@@ -19,7 +19,8 @@ from pneumo_core.errors import DatasetError, ModelLoadError, PneumoError
 from pneumo_core.ingest.archives import extract_zip
 from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
 from pneumo_core.ingest.folders import discover_splits, list_labelled
-from pneumo_core.model.network import LABELS, imagenet_weights_path, read_card
+from pneumo_core.model.network import LABELS, imagenet_weights_path
+from pneumo_core.model.store import read_card
 from pneumo_core.ops import jobs, registry
 
 from . import charts, promotion

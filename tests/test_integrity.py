@@ -21,7 +21,8 @@ from conftest import active_weights_root, copy_model_version, synthetic_film, wr
 from streamlit.testing.v1 import AppTest
 
 from pneumo_core.errors import AuditError, IntegrityKeyError, ModelLoadError
-from pneumo_core.model.network import CARD_FILE, read_card, write_card
+from pneumo_core.model.network import CARD_FILE
+from pneumo_core.model.store import read_card, write_card
 from pneumo_core.ops import audit, integrity, registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,9 @@ from filelock import FileLock
 from pneumo_core.cli.main import main
 from pneumo_core.errors import DatasetError, ModelLoadError
 from pneumo_core.ingest.read import read_xray
-from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import load_model, write_card
 from pneumo_core.ops import audit, jobs, registry
 
 FAST = dict(epochs=2, batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,

@@ -12,7 +12,8 @@ from conftest import copy_model_version, synthetic_film, write_png
 
 from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError, RegistryError
-from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
+from pneumo_core.model.store import load_model
 from pneumo_core.ops import registry
 
 

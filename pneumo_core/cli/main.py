@@ -104,7 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pneumo_core.model.evaluation import calibrate_model
-    from pneumo_core.model.network import read_card
+    from pneumo_core.model.store import read_card
     from pneumo_core.model.train import TrainConfig, fit
 
     if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
@@ -185,7 +185,7 @@ def film_types_opt(p: argparse.ArgumentParser) -> None:
 
 def cmd_fit_guard(args: argparse.Namespace) -> int:
     from pneumo_core.ingest.folders import discover_splits
-    from pneumo_core.model.network import read_card
+    from pneumo_core.model.store import read_card
     from pneumo_core.safety.guard import fit_guard
 
     if not 0 < args.false_rejection < 0.5:
@@ -218,7 +218,8 @@ def cmd_cam_eval(args: argparse.Namespace) -> int:
     from pneumo_core.ingest.folders import list_labelled
     from pneumo_core.ingest.read import read_xray
     from pneumo_core.model import cam_eval
-    from pneumo_core.model.network import CARD_FILE, read_card, write_card
+    from pneumo_core.model.network import CARD_FILE
+    from pneumo_core.model.store import read_card, write_card
 
     if args.films < 2:
         _err("--films must be at least 2.")

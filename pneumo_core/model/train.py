@@ -31,7 +31,8 @@ from pneumo_core.files import atomic_write_bytes
 from pneumo_core.ingest.folders import ImageSet, LabelledFiles, discover_splits, fingerprint, list_labelled, load_images
 from pneumo_core.ingest.preprocess import normalise
 from pneumo_core.model import augment as aug
-from pneumo_core.model.network import LABELS, code_version, create_model, default_input_spec, save_model
+from pneumo_core.model.network import LABELS, create_model, default_input_spec
+from pneumo_core.model.store import code_version, save_model
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from pneumo_core.errors import AuditError, DatasetError, ModelLoadError, PneumoE
 from pneumo_core.files import atomic_write_json
 from pneumo_core.ingest.archives import remove_tree
 from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
-from pneumo_core.model.network import read_card
+from pneumo_core.model.store import read_card
 from pneumo_core.ops.registry import active_model_dir, add_version, verify_version, weights_root
 
 SPEC, STATE, WORKER, CANCEL, LOG = "spec.json", "state.json", "worker.json", "cancel", "log.txt"
@@ -1003,8 +1003,8 @@ def _compare(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Map
     to act on comes from (the first of test/, external/, val/ not used to fit the new model, if any)."""
     from pneumo_core.ingest.folders import discover_splits
     from pneumo_core.model.evaluation import evaluate_points, score_folder
-    from pneumo_core.model.network import load_model
     from pneumo_core.model.predict import Predictor
+    from pneumo_core.model.store import load_model
 
     folders = {s: p for s, p in discover_splits(data).items() if s in ("val", "test", "external")}
     candidate = {s: (card.get("metrics") or {}).get(s) or {} for s in folders}

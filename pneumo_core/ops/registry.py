@@ -23,8 +23,9 @@ from typing import Any, Mapping
 from filelock import FileLock
 
 from pneumo_core.errors import ModelLoadError, RegistryError
-from pneumo_core.files import atomic_write_bytes, atomic_write_json, sha256_file
-from pneumo_core.model.network import CARD_FILE, check_weight_files, read_card, weight_files, write_card
+from pneumo_core.files import atomic_write_bytes, atomic_write_json
+from pneumo_core.model.network import CARD_FILE
+from pneumo_core.model.store import check_weight_files, read_card, weight_files, write_card
 from pneumo_core.ops.integrity import check_card
 
 ACTIVE_FILE = "ACTIVE"
