@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
 from pneumo_core.errors import AuthError
+from pneumo_core.files import atomic_write_bytes
 
 VIEWER, ADMIN = "viewer", "admin"
 SECTION = "pneumo"
@@ -105,18 +105,7 @@ def set_admin_password(password: str, path: str | Path | None = None) -> Path:
     if SECTION not in doc:
         doc[SECTION] = tomlkit.table()
     doc[SECTION][HASH_KEY] = stored
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tomlkit.dumps(doc))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, tomlkit.dumps(doc).encode("utf-8"), mode=0o600)
     return path
 
 
