@@ -54,7 +54,7 @@ def _no_value_warnings() -> None:
     """pydicom's value validation warns and logs with the offending value quoted (a UID, a name, a date): patient
     data in a server log. This module never needs that validation, so it is turned off (pydicom's one global
     setting this module changes; structural problems still raise and are refused here)."""
-    import pydicom.config
+    import pydicom.config  # optional dependency, imported here (see TYPE_CHECKING above)
 
     if pydicom.config.settings.reading_validation_mode != pydicom.config.IGNORE:
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
@@ -62,7 +62,7 @@ def _no_value_warnings() -> None:
 
 def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     """Parse DICOM bytes (with or without preamble / file meta); require pixel data."""
-    import pydicom
+    import pydicom  # optional dependency, imported here (see TYPE_CHECKING above)
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -87,7 +87,7 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
 
 def check_dicom_header(ds: pydicom.Dataset) -> tuple[int, int, int]:
     """Caps, decodability and completeness from the header alone -> (rows, columns, frames)."""
-    from pydicom.encaps import generate_frames
+    from pydicom.encaps import generate_frames  # optional dependency, imported here (see TYPE_CHECKING above)
     from pydicom.pixels import get_decoder
     from pydicom.pixels.utils import get_expected_length
 
@@ -141,7 +141,7 @@ def check_codestream(frame: bytes, rows: int = 0, columns: int = 0) -> None:
 
 def apply_modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     """Modality LUT (sequence, or rescale slope/intercept) -> float64."""
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut  # optional dependency, imported here (see TYPE_CHECKING above)
 
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
 
@@ -152,7 +152,7 @@ def apply_voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> tupl
     Returns (values, lo, hi) where [lo, hi] is the VOI's output range, or the
     data's min..max when there is no usable VOI.
     """
-    from pydicom.pixels import processing
+    from pydicom.pixels import processing  # optional dependency, imported here (see TYPE_CHECKING above)
 
     try:
         if ds.get("VOILUTSequence"):
@@ -176,7 +176,7 @@ def apply_voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> tupl
 def decode_dicom(data: bytes, max_side: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
     """DICOM bytes -> (gray in [0, 1], metadata, warnings); at most ``max_side`` a side (the frame's stored
     values are area-averaged before the LUTs, as a viewer shows a large film on a small screen)."""
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels import pixel_array  # optional dependency, imported here (see TYPE_CHECKING above)
     from pydicom.uid import RLELossless
 
     ds = read_dicom_dataset(data)

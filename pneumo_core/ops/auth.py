@@ -18,11 +18,16 @@ written atomically with mode 0600, keeping whatever else it holds (comments, the
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
+
+import tomlkit
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from pneumo_core.errors import AuthError
 from pneumo_core.files import atomic_write_bytes
@@ -54,8 +59,6 @@ def read_secrets(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def _hasher():
-    from argon2 import PasswordHasher
-
     return PasswordHasher()   # argon2id, RFC 9106 low-memory profile, random 16-byte salt per hash
 
 
@@ -75,8 +78,6 @@ def hash_password(password: str) -> str:
 
 def verify_password(stored_hash: str, password: str) -> bool:
     """True when ``password`` matches; False on a mismatch; AuthError when the stored hash is not argon2."""
-    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-
     try:
         return _hasher().verify(stored_hash, password)
     except VerifyMismatchError:
@@ -93,8 +94,6 @@ def admin_password_hash(secrets: Mapping[str, Any]) -> str | None:
 
 def set_admin_password(password: str, path: str | Path | None = None) -> Path:
     """Hash ``password`` and store the hash in the secrets file (created if needed), atomically, mode 0600."""
-    import tomlkit
-
     path = Path(path) if path else secrets_path()
     stored = hash_password(password)
     try:
@@ -151,8 +150,6 @@ def read_new_password(stdin: bool = False) -> str:
     """The password typed twice (hidden), or one line from stdin (for scripts)."""
     if stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    import getpass
-
     first = getpass.getpass("New admin password: ")
     if getpass.getpass("Repeat it: ") != first:
         raise AuthError("The two passwords differ; nothing was changed.")
