@@ -11,12 +11,13 @@ never held at full size), and a session keeps at most ``session_pixel_cap()`` pi
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from pneumo_core.env import env_number
 from pneumo_core.errors import UnreadableImageError
-from pneumo_core.ingest.read import MAX_PIXELS, XrayImage, read_xray
+from pneumo_core.ingest.pixels import MAX_PIXELS
+from pneumo_core.ingest.read import XrayImage, read_xray
 from pneumo_core.model.explain import Explanation, explain
 from pneumo_core.model.predict import MODEL_ERRORS, Prediction, Predictor
 
@@ -26,11 +27,8 @@ SESSION_MPIX = 64                # default per-session cap on film pixels kept, 
 
 def session_pixel_cap() -> int:
     """Film pixels one session may keep (``PNEUMO_SESSION_MPIX`` megapixels; never below one film)."""
-    try:
-        mpix = float(os.environ.get("PNEUMO_SESSION_MPIX", SESSION_MPIX))
-    except ValueError:
-        mpix = SESSION_MPIX
-    return max(int(mpix * 1_000_000) if mpix > 0 else SESSION_MPIX * 1_000_000, FILM_SIDE * FILM_SIDE)
+    mpix = env_number("PNEUMO_SESSION_MPIX", SESSION_MPIX, allow_zero=False)
+    return max(int(mpix * 1_000_000), FILM_SIDE * FILM_SIDE)
 
 
 # What one session can make the server hold besides its films (see ``session_memory_bound``).

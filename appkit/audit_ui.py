@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from pneumo_core.errors import AuditError
 from pneumo_core.ops import audit
 from pneumo_core.ops.auth import VIEWER
 
@@ -25,7 +26,7 @@ MAX_ROWS = 5000
 def chain_ui() -> None:
     try:
         n, broken = audit.verify_chain()
-    except audit.AuditError as exc:
+    except AuditError as exc:
         st.error(str(exc))
         return
     if broken is None:
@@ -43,7 +44,7 @@ def filters_ui() -> dict[str, Any]:
     left, right = st.columns([2, 1])
     try:
         known = audit.actions()
-    except audit.AuditError:
+    except AuditError:
         known = []
     actions = left.multiselect("Actions", known, key="audit_actions", placeholder="all actions")
     today = datetime.now(timezone.utc).date()
@@ -59,7 +60,7 @@ def _iso(day: date) -> str:
 def table_ui(filters: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         rows = audit.events(**filters)
-    except audit.AuditError as exc:
+    except AuditError as exc:
         st.error(str(exc))
         return []
     if not rows:

@@ -16,11 +16,11 @@ from typing import Any, Mapping
 
 import streamlit as st
 
+from pneumo_core.errors import AuditError, AuthError, ThrottleError
 from pneumo_core.ops import audit
 from pneumo_core.ops.auth import (
     ADMIN,
     VIEWER,
-    AuthError,
     admin_emails,
     admin_password_hash,
     oidc_configured,
@@ -29,7 +29,7 @@ from pneumo_core.ops.auth import (
     role_for_user,
     verify_password,
 )
-from pneumo_core.ops.throttle import SignInThrottle, ThrottleError
+from pneumo_core.ops.throttle import SignInThrottle
 
 from . import client
 
@@ -122,7 +122,7 @@ def _write(rows: list[list]) -> bool:
     try:
         audit.record_many(rows)
         return True
-    except audit.AuditError as exc:
+    except AuditError as exc:
         log.error("audit log: %s", exc)
         if not st.session_state.get(AUDIT_WARNED_KEY):       # once per session, not on every rerun
             st.session_state[AUDIT_WARNED_KEY] = True

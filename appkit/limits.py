@@ -17,20 +17,17 @@ be changed per deployment through the environment:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from pneumo_core.env import env_number
+
 
 def _env_int(name: str, default: int) -> int:
-    try:
-        value = int(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return value if value > 0 else default
+    return int(env_number(name, default, cast=int, allow_zero=False))
 
 
 @dataclass(frozen=True)

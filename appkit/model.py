@@ -17,8 +17,9 @@ import streamlit as st
 
 from pneumo_core.errors import PneumoError
 from pneumo_core.model.evaluation import load_evaluation
-from pneumo_core.model.network import CARD_FILE, read_card, weight_files
+from pneumo_core.model.network import CARD_FILE
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import read_card, weight_files
 from pneumo_core.ops.integrity import card_digest
 from pneumo_core.ops.registry import active_model_dir
 from pneumo_core.safety.filmtype import FILM_TYPE_FILE

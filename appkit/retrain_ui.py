@@ -1,7 +1,7 @@
 """Retrain page widgets: training data (server folder or .zip), settings with a time estimate, live job
 progress, the result with a comparison and a promote button, and the model versions with rollback.
 
-Everything that matters happens in pneumo_core (datacheck, jobs, registry); the job itself runs in its
+Everything that matters happens in pneumo_core (datacheck, archives, jobs, registry); the job itself runs in its
 own process, so these widgets only read its state from disk.
 """
 
@@ -16,11 +16,13 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pneumo_core.errors import ModelLoadError, PneumoError
-from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, extract_zip, validate_dataset
+from pneumo_core.errors import DatasetError, ModelLoadError, PneumoError
+from pneumo_core.ingest.archives import extract_zip
+from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
 from pneumo_core.ingest.folders import discover_splits, list_labelled
 from pneumo_core.model.config import SETTINGS, SettingsError, check_setting
-from pneumo_core.model.network import LABELS, imagenet_weights_path, read_card
+from pneumo_core.model.network import LABELS, imagenet_weights_path
+from pneumo_core.model.store import read_card
 from pneumo_core.ops import registry
 from pneumo_core.ops.jobs.estimate import Estimate, estimate_seconds, proposed_job
 from pneumo_core.ops.jobs.launch import start_job

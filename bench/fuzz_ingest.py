@@ -76,7 +76,8 @@ from PIL import Image  # noqa: E402
 
 from bench.common import DATA, ROOT, load_predictor  # noqa: E402
 from pneumo_core.errors import UnreadableImageError  # noqa: E402
-from pneumo_core.ingest.read import ALLOWED_METADATA, MAX_PIXELS, MAX_SIDE, MIN_SIDE, XrayImage, read_xray  # noqa: E402
+from pneumo_core.ingest.pixels import MAX_PIXELS, MAX_SIDE, MIN_SIDE  # noqa: E402
+from pneumo_core.ingest.read import ALLOWED_METADATA, XrayImage, read_xray  # noqa: E402
 
 DEFAULT_OUT = ROOT / "artifacts" / "fuzz"
 OUTCOMES = ("ok", "rejected", "refused", "failure")

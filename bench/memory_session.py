@@ -92,7 +92,7 @@ def make_films(n: int, side: int, source: Path | None, seed: int = 0) -> list[tu
 def ceiling(baseline_bytes: int, upload_bytes: int, session_mpix: float | None) -> dict:
     """The stated ceiling for one session (``appkit.analysis.session_memory_bound``), with its parts, MB."""
     from appkit.analysis import DECODE_BYTES_PER_PIXEL, PAGE_ALLOWANCE, session_memory_bound, session_pixel_cap
-    from pneumo_core.ingest.read import MAX_PIXELS
+    from pneumo_core.ingest.pixels import MAX_PIXELS
 
     with env(**({"PNEUMO_SESSION_MPIX": str(session_mpix)} if session_mpix else {})):
         bound, cap = session_memory_bound(upload_bytes), session_pixel_cap()

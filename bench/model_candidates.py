@@ -39,7 +39,8 @@ from bench.common import DATA  # noqa: E402
 from pneumo_core.ingest.folders import discover_splits, list_labelled, load_images  # noqa: E402
 from pneumo_core.model import compare as cand  # noqa: E402
 from pneumo_core.model import metrics as ev  # noqa: E402
-from pneumo_core.model.network import Ensemble, default_input_spec, load_model, save_ensemble, save_model  # noqa: E402
+from pneumo_core.model.network import Ensemble, default_input_spec  # noqa: E402
+from pneumo_core.model.store import load_model, save_ensemble, save_model  # noqa: E402
 from pneumo_core.model.train import predict_logits  # noqa: E402
 
 

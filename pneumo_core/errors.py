@@ -34,3 +34,27 @@ class ModelLoadError(PneumoError, RuntimeError):
 
 class WeightsUnavailableError(ModelLoadError):
     """Pretrained weights were asked for but are not in the local cache."""
+
+
+class DatasetError(PneumoError, ValueError):
+    """Training data that cannot be used; the message says what to fix."""
+
+
+class RegistryError(PneumoError, ValueError):
+    """A promote, rollback or add that cannot be done (unknown version, nothing to roll back to, ...)."""
+
+
+class AuthError(PneumoError):
+    """The secrets file or a password cannot be used (said plainly, never with the password)."""
+
+
+class ThrottleError(PneumoError):
+    """The sign-in throttle's file cannot be read or written."""
+
+
+class AuditError(PneumoError):
+    """The audit log cannot be written or read."""
+
+
+class IntegrityKeyError(PneumoError):
+    """This server's integrity key cannot be read or made."""

@@ -1,7 +1,9 @@
-"""Small file helpers every part of the core shares: atomic writes, JSON records and sha256."""
+"""Small file helpers every part of the core shares: atomic writes, JSON records, their UTC time stamps and
+sha256."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -18,12 +20,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file. ``mode``:
+    0o600 for a file only its owner may read (the secrets file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; models and records are meant to be shared
+        os.chmod(tmp, mode)  # mkstemp makes 0600; models and records are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -36,6 +39,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n").encode())
+
+
+def utc_now(timespec: str = "seconds") -> str:
+    """Now, in UTC, as ISO 8601 (what records on disk and the audit log store)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec=timespec)
 
 
 def json_default(o: Any) -> Any:

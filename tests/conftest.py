@@ -115,7 +115,7 @@ def copy_model_version(src: Path, root: Path, name: str) -> Path:
     """A copy of the model folder ``src`` as version ``name`` under the weights root ``root``."""
     import shutil
 
-    from pneumo_core.model.network import read_card, write_card
+    from pneumo_core.model.store import read_card, write_card
 
     folder = root / name
     shutil.copytree(src, folder)

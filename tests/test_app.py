@@ -20,7 +20,7 @@ from conftest_io_helpers import make_dicom
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from pneumo_core.model.network import write_card
+from pneumo_core.model.store import write_card
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

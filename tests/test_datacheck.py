@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import make_dataset
 
-from pneumo_core.ingest.datacheck import DatasetError, extract_zip, validate_dataset
+from pneumo_core.errors import DatasetError
+from pneumo_core.ingest.archives import extract_zip
+from pneumo_core.ingest.datacheck import validate_dataset
 
 
 def zip_folder(folder: Path, prefix: str = "", extra: dict[str, bytes] | None = None) -> bytes:
@@ -152,7 +154,7 @@ def test_total_expansion_is_checked_on_files_and_streams_too(tmp_path):
 
 
 def test_member_count_default_is_far_below_a_hundred_thousand(tmp_path):
-    from pneumo_core.ingest.datacheck import ZIP_MAX_FILES
+    from pneumo_core.ingest.archives import ZIP_MAX_FILES
 
     assert ZIP_MAX_FILES <= 20_000
     data = _zip([(f"NORMAL/{i}.png", b"") for i in range(ZIP_MAX_FILES + 1)], zipfile.ZIP_STORED)

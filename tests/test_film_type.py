@@ -24,8 +24,8 @@ from conftest import synthetic_film, write_png
 
 from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError
-from pneumo_core.model.network import read_card
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import read_card
 from pneumo_core.safety import filmtype as ft
 
 D_POOLED, D_LAYOUT = 24, 12

@@ -2,7 +2,7 @@
 (an unexpected exception type, a case over the time limit, a case over the memory cap, a multi-line
 refusal), and ``--case K`` rebuilds the same bytes, in this process and in a fresh one.
 
-Also the regression cases for the two bugs the fuzzer found in pneumo_core.ingest.read: a DICOM frame header
+Also the regression cases for the two bugs the fuzzer found in pneumo_core.ingest (read, dicom): a DICOM frame header
 declaring no size (or more than the dataset) sent the decoders into a 24 GB / 40 s allocation, and a
 colour film inside the pixel cap took the process past 4 GB.
 """

@@ -20,8 +20,9 @@ import streamlit as st
 from conftest import active_weights_root, copy_model_version, synthetic_film, write_png
 from streamlit.testing.v1 import AppTest
 
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.model.network import CARD_FILE, read_card, write_card
+from pneumo_core.errors import AuditError, IntegrityKeyError, ModelLoadError
+from pneumo_core.model.network import CARD_FILE
+from pneumo_core.model.store import read_card, write_card
 from pneumo_core.ops import audit, integrity, registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +152,7 @@ def test_the_key_is_made_once_private_and_outside_the_weights(tmp_path, monkeypa
     assert path.stat().st_mode & 0o077 == 0
     assert integrity.derived_key("card") != integrity.derived_key("audit")
     path.write_text("not hex\n")
-    with pytest.raises(integrity.IntegrityKeyError, match="cannot be read"):
+    with pytest.raises(IntegrityKeyError, match="cannot be read"):
         integrity.server_key()
 
 
@@ -225,5 +226,5 @@ def test_audit_verify_prints_the_head_and_needs_the_key(tmp_path, monkeypatch):
     result = _cli("audit", "verify", env={"PNEUMO_AUDIT_DB": str(db)})
     assert result.returncode == 0 and newest in result.stdout and "intact over 3 events" in result.stdout
     monkeypatch.setenv("PNEUMO_KEY_FILE", str(tmp_path / "missing.key"))
-    with pytest.raises(audit.AuditError, match="key file .* is missing"):
+    with pytest.raises(AuditError, match="key file .* is missing"):
         audit.verify_chain(db)

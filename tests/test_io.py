@@ -40,6 +40,8 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
+import pneumo_core.ingest.dicom as dcm  # noqa: E402
+import pneumo_core.ingest.pixels as px  # noqa: E402
 import pneumo_core.ingest.read as xio  # noqa: E402
 from pneumo_core.errors import (  # noqa: E402
     ImageTooLargeError,
@@ -47,7 +49,8 @@ from pneumo_core.errors import (  # noqa: E402
     UnreadableImageError,
     UnsupportedImageError,
 )
-from pneumo_core.ingest.read import XrayImage, read_dicom_dataset, read_xray  # noqa: E402
+from pneumo_core.ingest.dicom import read_dicom_dataset  # noqa: E402
+from pneumo_core.ingest.read import XrayImage, read_xray  # noqa: E402
 
 F = film()                       # 256x256, 12-bit, spans exactly 0..4095
 F8 = film8(F)                    # its 8-bit quantisation (spans 0..255)
@@ -515,7 +518,7 @@ def test_no_identifiers_leak(caplog):
                                          ("020D", round(20 / 365.25, 3)), ("045Y", 45.0), ("", None),
                                          ("abc", None), ("45", None), ("999Y", None)])
 def test_parse_age(text, years):
-    assert xio.parse_age(text) == years
+    assert dcm.parse_age(text) == years
 
 
 # --------------------------------------------------------------------------- the small pure steps
@@ -531,38 +534,38 @@ def test_sniff(head, fmt):
 
 
 def test_to_unit_range():
-    np.testing.assert_allclose(xio.to_unit_range(np.array([[0, 5, 10]])), [[0, 0.5, 1]])
-    np.testing.assert_allclose(xio.to_unit_range(np.array([[0, 5, 10]]), 10, 0), [[1, 0.5, 0]])
-    np.testing.assert_allclose(xio.to_unit_range(np.array([[-5, 5, 15]]), 0, 10), [[0, 0.5, 1]])
-    assert not xio.to_unit_range(np.full((4, 4), 7.0)).any()
-    assert xio.to_unit_range(np.zeros((2, 2))).dtype == np.float32
+    np.testing.assert_allclose(px.to_unit_range(np.array([[0, 5, 10]])), [[0, 0.5, 1]])
+    np.testing.assert_allclose(px.to_unit_range(np.array([[0, 5, 10]]), 10, 0), [[1, 0.5, 0]])
+    np.testing.assert_allclose(px.to_unit_range(np.array([[-5, 5, 15]]), 0, 10), [[0, 0.5, 1]])
+    assert not px.to_unit_range(np.full((4, 4), 7.0)).any()
+    assert px.to_unit_range(np.zeros((2, 2))).dtype == np.float32
     with pytest.raises(UnreadableImageError):
-        xio.to_unit_range(np.array([[0.0, np.inf]]))
+        px.to_unit_range(np.array([[0.0, np.inf]]))
 
 
 def test_voi_window_range_and_modality_lut():
     import pydicom
     ds = pydicom.dcmread(stdio.BytesIO(make_dicom(F, bits_stored=12, RescaleSlope=2, RescaleIntercept=-10,
                                                  WindowCenter=1000, WindowWidth=501)))
-    values = xio.apply_modality(F, ds)
+    values = dcm.apply_modality(F, ds)
     np.testing.assert_array_equal(values, 2.0 * F - 10)
     notes: list[str] = []
-    out, lo, hi = xio.apply_voi(values, ds, notes)
+    out, lo, hi = dcm.apply_voi(values, ds, notes)
     assert (lo, hi) == (-10.0, 8180.0) and not notes        # the rescaled 12-bit range
-    unit = xio.to_unit_range(out, lo, hi)
+    unit = px.to_unit_range(out, lo, hi)
     np.testing.assert_allclose(unit, np.clip((values - 999.5) / 500 + 0.5, 0, 1), atol=EXACT)
 
 
 def test_check_size_and_finish():
-    xio.check_size(xio.MIN_SIDE, xio.MAX_SIDE)
+    px.check_size(px.MIN_SIDE, px.MAX_SIDE)
     with pytest.raises(ImageTooSmallError):
-        xio.check_size(xio.MIN_SIDE - 1, 100)
+        px.check_size(px.MIN_SIDE - 1, 100)
     with pytest.raises(ImageTooLargeError):
-        xio.check_size(xio.MAX_SIDE + 1, 100)
-    out = xio.finish(np.asfortranarray(np.full((40, 50), 0.5)))
+        px.check_size(px.MAX_SIDE + 1, 100)
+    out = px.finish(np.asfortranarray(np.full((40, 50), 0.5)))
     assert out.dtype == np.float32 and out.flags.c_contiguous
     with pytest.raises(UnreadableImageError):
-        xio.finish(np.zeros((40, 50, 3)))
+        px.finish(np.zeros((40, 50, 3)))
 
 
 def test_xray_image_is_frozen():

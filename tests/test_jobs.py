@@ -22,11 +22,11 @@ from conftest import make_dataset, synthetic_film, write_png
 from filelock import FileLock
 
 from pneumo_core.cli.main import main
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.ingest.datacheck import DatasetError
+from pneumo_core.errors import DatasetError, ModelLoadError
 from pneumo_core.ingest.read import read_xray
-from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import load_model, write_card
 from pneumo_core.ops import audit, registry
 from pneumo_core.ops.jobs import estimate, launch, store, uploads
 from pneumo_core.ops.jobs import worker as job_worker
@@ -318,7 +318,7 @@ def test_estimate_prefers_a_pace_measured_on_this_machine_at_a_similar_size(weig
 def test_an_uploaded_archive_belongs_to_its_job_and_is_removed_when_it_ends(weights, data):
     from test_datacheck import zip_folder
 
-    from pneumo_core.ingest.datacheck import extract_zip
+    from pneumo_core.ingest.archives import extract_zip
 
     upload = uploads.new_upload_dir()
     root = extract_zip(zip_folder(data, "some-folder/"), upload)

@@ -15,9 +15,8 @@ from pneumo_core.model.network import (
     create_model,
     default_input_spec,
     imagenet_weights_path,
-    load_model,
-    save_model,
 )
+from pneumo_core.model.store import load_model, save_model
 
 
 def test_forward_on_tiny_input_gives_one_logit():

@@ -24,8 +24,8 @@ from pneumo_core.cli.main import main
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.files import sha256_file
 from pneumo_core.ingest.read import read_xray
-from pneumo_core.model.network import read_card, write_card
 from pneumo_core.model.predict import Predictor, predict_files
+from pneumo_core.model.store import read_card, write_card
 from pneumo_core.safety import guard as ood
 from pneumo_core.safety.checks import model_free_reason
 

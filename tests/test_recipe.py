@@ -18,16 +18,9 @@ from pneumo_core.model import cam_eval
 from pneumo_core.model import compare as cand
 from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.explain import explain, target_layers
-from pneumo_core.model.network import (
-    CARD_FILE,
-    Ensemble,
-    build_densenet121,
-    default_input_spec,
-    load_model,
-    save_ensemble,
-    write_card,
-)
+from pneumo_core.model.network import CARD_FILE, Ensemble, build_densenet121, default_input_spec
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import load_model, save_ensemble, write_card
 from pneumo_core.model.train import TrainingCancelled, fit
 from pneumo_core.ops.registry import verify_version
 from pneumo_core.safety.guard import forward_with_taps

@@ -11,8 +11,9 @@ import pytest
 from conftest import copy_model_version, synthetic_film, write_png
 
 from pneumo_core.cli.main import main
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model
+from pneumo_core.errors import ModelLoadError, RegistryError
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
+from pneumo_core.model.store import load_model
 from pneumo_core.ops import registry
 
 
@@ -107,7 +108,7 @@ def test_rollback_walks_back_and_skips_broken_versions(root, tiny_model_dir):
 
 def test_promote_refuses_unknown_and_tampered_versions(root, capsys):
     for bad in ("nope", "../v2", ".jobs", ""):
-        with pytest.raises(registry.RegistryError):
+        with pytest.raises(RegistryError):
             registry.promote(bad, root)
     tamper(root / "v2")
     with pytest.raises(ModelLoadError, match="sha256 differs"):

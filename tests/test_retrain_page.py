@@ -558,7 +558,7 @@ def test_without_a_gpu_the_page_proposes_a_short_fine_tune_and_with_one_the_full
 def test_a_version_with_enough_evidence_is_promoted_from_the_picker_without_confirmation(weights, tiny_model_dir):
     """Issue #17, item 2: 80 films per class compared and fitted on, a 'better' paired verdict: no warning, no
     confirmation; the same version compared on 20 films needs the confirmation in the picker too."""
-    from pneumo_core.model.network import read_card, write_card
+    from pneumo_core.model.store import read_card, write_card
     from pneumo_core.ops import audit
 
     good = copy_model_version(tiny_model_dir, weights, "good-v")

@@ -14,7 +14,8 @@ from conftest_io_helpers import make_dicom
 from PIL import Image
 from test_app import errors, open_app, upload, weights  # noqa: F401  (weights: the page tests' fixture)
 
-from pneumo_core.ingest.read import fitted_size, read_xray
+from pneumo_core.ingest.pixels import fitted_size
+from pneumo_core.ingest.read import read_xray
 
 
 def big_film(seed: int, shape: tuple[int, int] = (3000, 2400)) -> np.ndarray:

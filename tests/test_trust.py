@@ -31,13 +31,13 @@ from test_app import SECRETS, dicom, errors, film, overlays, unescaped, upload
 
 from appkit.frame import RETRIED_KEY
 from appkit.limits import RateLimiter, UploadLimits, admit
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE, load_model, write_card
+from pneumo_core.errors import AuthError, ModelLoadError
+from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
+from pneumo_core.model.store import load_model, write_card
 from pneumo_core.ops import audit, registry
 from pneumo_core.ops.auth import (
     ADMIN,
     VIEWER,
-    AuthError,
     admin_password_hash,
     hash_password,
     oidc_configured,

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from pneumo_core.errors import AuditError, ThrottleError
+
 EXIT_OK, EXIT_FAIL = 0, 1
 CLI_ROLE = "cli"
 _warned = False
@@ -21,7 +23,7 @@ def cli_audit(action: str, result: str, **fields: Any) -> None:
 
 
 def cli_audit_many(action: str, items: Iterable[dict[str, Any]]) -> None:
-    from pneumo_core.ops.audit import AuditError, event, record_many
+    from pneumo_core.ops.audit import event, record_many
 
     global _warned
     try:
@@ -53,7 +55,7 @@ def cmd_set_admin_password(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock_sign_in(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.throttle import ThrottleError, throttle_path, unlock
+    from pneumo_core.ops.throttle import throttle_path, unlock
 
     try:
         n = unlock()

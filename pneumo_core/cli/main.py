@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pneumo_core.model.evaluation import calibrate_model
-    from pneumo_core.model.network import read_card
+    from pneumo_core.model.store import read_card
     from pneumo_core.model.train import fit
 
     if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
@@ -187,7 +187,7 @@ def film_types_opt(p: argparse.ArgumentParser) -> None:
 def cmd_fit_guard(args: argparse.Namespace) -> int:
     # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.ingest.folders import discover_splits
-    from pneumo_core.model.network import read_card
+    from pneumo_core.model.store import read_card
     from pneumo_core.safety.guard import fit_guard
 
     if not 0 < args.false_rejection < 0.5:
@@ -219,7 +219,8 @@ def cmd_cam_eval(args: argparse.Namespace) -> int:
     # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.ingest.folders import list_labelled
     from pneumo_core.model import cam_eval
-    from pneumo_core.model.network import CARD_FILE, read_card, write_card
+    from pneumo_core.model.network import CARD_FILE
+    from pneumo_core.model.store import read_card, write_card
 
     if args.films < 2:
         _err("--films must be at least 2.")

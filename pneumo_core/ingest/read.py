@@ -2,16 +2,14 @@
 
 Pipeline, one small pure function per step (each is tested alone):
 
-    load_bytes -> sniff -> decode_pillow | decode_dicom (pixel_array -> apply_modality
-    -> apply_voi -> un-MONOCHROME1) -> to_unit_range -> finish
+    load_bytes -> sniff -> decode_pillow | dicom.decode_dicom (pixel_array -> apply_modality
+    -> apply_voi -> un-MONOCHROME1) -> pixels.to_unit_range -> pixels.finish
 
 Scaling to [0, 1] (display sense, bright bone):
 * Pillow images are display-ready: divided by their type's range (255, 65535);
   float / 32-bit images are stretched min..max.
-* DICOM with a VOI (VOI LUT Sequence, else Window Center/Width): by that VOI's
-  output range, so the window maps exactly onto [0, 1]. Without a VOI: by the
-  min..max of the modality-LUT output, as viewers do. Colour DICOM: by the
-  bits-stored range. A constant image becomes zeros (the OOD guard is elsewhere).
+* DICOM: by its VOI's output range, else the modality-LUT output's min..max (``dicom.py``).
+  A constant image becomes zeros (the OOD guard is elsewhere).
 
 Caps are checked on headers (file size by stat, Pillow's header-only open,
 DICOM Rows/Columns/frames and the first JPEG/J2K frame header) before any
@@ -25,46 +23,39 @@ copies of the full film; metadata keeps the file's own width and height.
 
 Every failure is an UnreadableImageError (or subclass) with a
 fixed one-line message: no metadata value, no traceback. Only ALLOWED_METADATA
-is read; DICOM strings are taken from raw element bytes (pydicom's validation
-would echo values into warnings), and pydicom's value validation is turned off
-for the same reason (the one global setting changed). Coded tags (Modality, Body
-Part Examined, View Position, Photometric Interpretation) are kept only when they
-are DICOM code strings (``CODE_STRING``): anything else is dropped here, before a
-reason, a warning or a page could show it (a crafted tag could carry markdown or a
-link). No Pillow setting is changed.
+is read (``dicom.py`` says how DICOM tags are kept to it). No Pillow setting is changed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-import cv2
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:  # pydicom is imported where DICOM is decoded: training machines may lack it
-    import pydicom
-
-from pneumo_core.errors import (  # noqa: F401  (re-exported for callers)
-    ImageTooLargeError,
-    ImageTooSmallError,
-    PneumoError,
-    UnreadableImageError,
-    UnsupportedImageError,
+from pneumo_core.errors import ImageTooLargeError, PneumoError, UnreadableImageError, UnsupportedImageError
+from pneumo_core.ingest.dicom import MSG_DICOM_CORRUPT, decode_dicom
+from pneumo_core.ingest.pixels import (
+    MAX_PIXELS,
+    MIN_SIDE,
+    MSG_CORRUPT,
+    WARN_COLOUR,
+    WARN_FRAMES,
+    check_size,
+    colour_fraction,
+    finish,
+    fit,
+    fitted_size,
+    luminance,
+    to_unit_range,
 )
 
-# Caps. A film is at most ~4k x 4k; anything far larger is refused before decoding.
-MAX_PIXELS = 50_000_000          # per frame
-MAX_SIDE = 16_384
-MAX_FILE_BYTES = 200 * 1024 * 1024
-MIN_SIDE = 32
-MAX_TOTAL_PIXELS = 4 * MAX_PIXELS  # DICOM Rows*Columns*frames
+MAX_FILE_BYTES = 200 * 1024 * 1024  # checked before a byte is read (the film caps are in pixels.py)
 
 
 @dataclass(frozen=True)
@@ -106,23 +97,12 @@ ALLOWED_METADATA = (
     "patient_sex",                 # "M" / "F" / "O", in memory only
 )
 
-MSG_CORRUPT = "The image is truncated or corrupt."
-MSG_DICOM_CORRUPT = "The DICOM file is truncated or corrupt."
-MSG_NON_FINITE = "The image contains invalid (non-numeric) pixel values."
-WARN_MONO1 = "MONOCHROME1 film inverted for display"
-WARN_FRAMES = "Only the first frame of this multi-frame image is shown."
-WARN_COLOUR = "Colour image converted to greyscale."
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"))
 _PIL_FORMATS = {"PNG": ["PNG"], "JPEG": ["JPEG", "MPO"], "BMP": ["BMP"], "WEBP": ["WEBP"],
                 "TIFF": ["TIFF"], "GIF": ["GIF"]}
 _EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP",
                ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".dcm": "DICOM", ".dicom": "DICOM"}
-_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
-# A DICOM code string (VR CS): upper-case letters, digits, space and underscore, at most 16 characters.
-CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
-WARN_BAD_CODE = "The DICOM {} value is not a valid code and was ignored."
 
 
 # --------------------------------------------------------------------------- bytes in, sniffing
@@ -206,41 +186,7 @@ def as_text(chunk: bytes) -> str | None:
     return text if printable >= 0.95 * max(len(text), 1) else None
 
 
-# --------------------------------------------------------------------------- shared steps
-
-def check_size(width: int, height: int) -> None:
-    """Refuse absurd or tiny dimensions (called on headers, before decoding)."""
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise ImageTooLargeError(f"The image is too large ({width}×{height} pixels; the limit is "
-                                 f"{MAX_SIDE} pixels a side and {MAX_PIXELS:,} pixels in all).")
-    if width < MIN_SIDE or height < MIN_SIDE:
-        raise ImageTooSmallError(f"The image is too small to read ({width}×{height} pixels; "
-                                 f"at least {MIN_SIDE}×{MIN_SIDE} is needed).")
-
-
-def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """(width, height) scaled down so the longer side is at most ``max_side``, aspect kept, and never below
-    MIN_SIDE a side (an elongated film stays readable); unchanged when it fits or ``max_side`` is None."""
-    if max_side is None or max(width, height) <= max_side:
-        return width, height
-    scale = max(max_side / max(width, height), min(1.0, MIN_SIDE / max(1, min(width, height))))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def fit(values: np.ndarray, max_side: int | None, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Area-average an H x W (x C) array down to ``fitted_size`` (or to ``size``, width x height); the dtype is
-    kept (integers rounded), so a DICOM frame still goes through its modality and VOI LUTs."""
-    h, w = values.shape[:2]
-    size = size or fitted_size(w, h, max_side)
-    if size == (w, h):
-        return values
-    native = values.dtype in (np.uint8, np.uint16, np.int16, np.float32, np.float64)
-    out = cv2.resize(values if native else values.astype(np.float64), size, interpolation=cv2.INTER_AREA)
-    if out.dtype != values.dtype:
-        out = np.rint(out) if np.issubdtype(values.dtype, np.integer) else out
-        out = out.astype(values.dtype)
-    return out
-
+# --------------------------------------------------------------------------- Pillow
 
 def reduce_pil(im: Image.Image, max_side: int | None) -> Image.Image:
     """Shrink a decoded Pillow image by the largest whole factor that keeps the longer side at least
@@ -260,42 +206,6 @@ def reduce_pil(im: Image.Image, max_side: int | None) -> Image.Image:
     except ValueError:                            # a mode reduce() does not take
         return im.convert("RGB").reduce(factor)
 
-
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma (Pillow's convention) of the first three channels, float64."""
-    return np.asarray(rgb, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
-
-
-def to_unit_range(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Map [lo, hi] (default: the data's min..max) linearly onto [0, 1], clipped, float32.
-
-    lo > hi inverts; lo == hi (a constant image) gives zeros; non-finite input is refused.
-    """
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 0 or not np.isfinite(a).all():
-        raise UnreadableImageError(MSG_NON_FINITE)
-    lo = float(a.min()) if lo is None else float(lo)
-    hi = float(a.max()) if hi is None else float(hi)
-    if lo == hi or not (np.isfinite(lo) and np.isfinite(hi)):
-        return np.zeros(a.shape, dtype=np.float32)
-    with np.errstate(all="ignore"):
-        out = a - lo                              # in place from here: films can be large
-        out /= hi - lo
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32)
-
-
-def finish(pixels: np.ndarray) -> np.ndarray:
-    """The output contract: 2-D, sized within caps, finite, float32, C-contiguous, in [0, 1]."""
-    a = np.asarray(pixels, dtype=np.float32)
-    if a.ndim != 2:
-        raise UnreadableImageError(MSG_CORRUPT)
-    check_size(a.shape[1], a.shape[0])
-    if not np.isfinite(a).all():
-        raise UnreadableImageError(MSG_NON_FINITE)
-    return np.ascontiguousarray(np.clip(a, 0.0, 1.0))
-
-
-# --------------------------------------------------------------------------- Pillow
 
 # EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose, which
 # copies the full image first: here only the reduced one is turned).
@@ -340,17 +250,6 @@ def decode_pillow(data: bytes, fmt: str, max_side: int | None = None) -> tuple[n
     return gray, meta, notes
 
 
-def colour_fraction(rgb: np.ndarray, full_scale: float) -> float:
-    """Share of pixels whose R, G, B differ by more than 10% of ``full_scale`` (on at most ~1M pixels).
-
-    A grey film stored as RGB scores ~0 (JPEG chroma noise stays far below 10%); a photo scores high.
-    """
-    a = np.asarray(rgb)[..., :3]
-    step = max(1, int(np.sqrt(a.shape[0] * a.shape[1] / 1_000_000)))
-    a = a[::step, ::step].astype(np.float32)
-    return round(float((np.ptp(a, axis=-1) > 0.1 * full_scale).mean()), 4)
-
-
 def pil_to_unit(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
     """A PIL image of any mode -> (gray in [0, 1], bits per sample). Alpha: shown on black."""
     if im.mode.startswith("I;16"):
@@ -385,210 +284,6 @@ def pil_to_unit(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
     gray = luminance(a)
     del a
     return to_unit_range(gray, 0, 1), 8
-
-
-# --------------------------------------------------------------------------- DICOM
-
-def _no_value_warnings() -> None:
-    """pydicom's value validation warns and logs with the offending value quoted (a UID, a name, a date): patient
-    data in a server log. This module never needs that validation, so it is turned off (pydicom's one global
-    setting this module changes; structural problems still raise and are refused here)."""
-    import pydicom.config
-
-    if pydicom.config.settings.reading_validation_mode != pydicom.config.IGNORE:
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-
-
-def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
-    """Parse DICOM bytes (with or without preamble / file meta); require pixel data."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    if data[:4] == b"DICM":                       # preamble dropped by some writers
-        data = bytes(128) + data
-    if b"1.2.840.10008.1.2.1.99" in data[:4096]:  # deflate: an unbounded inflate, refused
-        raise UnsupportedImageError("Deflate-compressed DICOM files are not supported.")
-    _no_value_warnings()
-    ds = pydicom.dcmread(BytesIO(data), force=data[128:132] != b"DICM")
-    if "PixelData" not in ds or not ds.PixelData:
-        if b"\xe0\x7f\x10\x00" in data:          # the tag is there: lost to a cut
-            raise UnreadableImageError(MSG_DICOM_CORRUPT)
-        raise UnsupportedImageError("This DICOM file contains no image (no pixel data).")
-    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-    if not meta.get("TransferSyntaxUID"):         # no file meta: the encoding pydicom found
-        implicit, little = ds.original_encoding
-        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit is not False
-                                  else ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
-        ds.file_meta = meta
-    return ds
-
-
-def check_dicom_header(ds: pydicom.Dataset) -> tuple[int, int, int]:
-    """Caps, decodability and completeness from the header alone -> (rows, columns, frames)."""
-    from pydicom.encaps import generate_frames
-    from pydicom.pixels import get_decoder
-    from pydicom.pixels.utils import get_expected_length
-
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = max(int(ds.get("NumberOfFrames") or 1), 1)
-    check_size(cols, rows)
-    if rows * cols * frames > MAX_TOTAL_PIXELS:
-        raise ImageTooLargeError(f"The DICOM image is too large ({frames} frames of {cols}×{rows} pixels).")
-    ts = ds.file_meta.TransferSyntaxUID
-    ts_name = ts.name if ts.name != str(ts) else "an unknown transfer syntax"
-    try:
-        available = get_decoder(ts).is_available
-    except NotImplementedError as exc:
-        raise UnsupportedImageError(f"This DICOM encoding is not supported ({ts_name}).") from exc
-    if not available:
-        raise UnsupportedImageError(f"No decoder is installed for this DICOM compression ({ts_name}).")
-    if not ts.is_encapsulated and len(ds.PixelData) < get_expected_length(ds):
-        raise UnreadableImageError("The DICOM image data is incomplete (the file is truncated or corrupt).")
-    if ts.is_encapsulated:
-        check_codestream(next(generate_frames(ds.PixelData, number_of_frames=frames), b""), rows, cols)
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    if samples == 1 and ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2", None):
-        raise UnsupportedImageError("This DICOM colour encoding (e.g. palette colour) is not supported.")
-    return rows, cols, frames
-
-
-def check_codestream(frame: bytes, rows: int = 0, columns: int = 0) -> None:
-    """Refuse a JPEG / JPEG 2000 frame whose own header declares a huge image (a bomb), no size, or more
-    rows / columns than the dataset: decoders allocate what the frame declares before pydicom finds the
-    mismatch (found by bench/fuzz_ingest.py: a JPEG-LS height of 0 grew libjpeg to 24 GB; 7071x4096
-    declared in a 224x224 film took 16 s)."""
-    width = height = None
-    if frame[:2] == b"\xff\xd8":
-        try:
-            from pydicom.pixels.utils import _get_jpg_parameters  # private: guarded
-        except ImportError:
-            return
-        info = _get_jpg_parameters(frame)
-        if "height" in info:
-            width, height = info.get("width", 0), info["height"]
-    elif frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:   # J2K SOC + SIZ
-        x, y, x0, y0 = struct.unpack_from(">4I", frame, 8)
-        width, height = x - x0, y - y0
-    if width is None:
-        return
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        check_size(width, height)
-    if width <= 0 or height <= 0 or (rows and height > rows) or (columns and width > columns):
-        raise UnreadableImageError(MSG_DICOM_CORRUPT)
-
-
-def apply_modality(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Modality LUT (sequence, or rescale slope/intercept) -> float64."""
-    from pydicom.pixels import apply_modality_lut
-
-    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-
-
-def apply_voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> tuple[np.ndarray, float, float]:
-    """VOI LUT Sequence, else window centre/width (pydicom), else nothing.
-
-    Returns (values, lo, hi) where [lo, hi] is the VOI's output range, or the
-    data's min..max when there is no usable VOI.
-    """
-    from pydicom.pixels import processing
-
-    try:
-        if ds.get("VOILUTSequence"):
-            n, first = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor[:2])
-            n = n or 65536
-            lut = processing.apply_voi(np.arange(first, first + n), ds)
-            index = np.clip(np.rint(values), first, first + n - 1).astype(np.int64)
-            return processing.apply_voi(index, ds).astype(np.float64), float(lut.min()), float(lut.max())
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            out = processing.apply_windowing(values, ds)
-            with np.errstate(all="ignore"):      # the output range, probed with -inf and +inf
-                lo, hi = processing.apply_windowing(np.array([-np.inf, np.inf]), ds)
-            if not (np.isfinite(lo) and np.isfinite(hi) and lo != hi):
-                raise ValueError("degenerate window")
-            return out, float(lo), float(hi)
-    except Exception:
-        notes.append("The display window in the DICOM file is invalid and was ignored.")
-    return values, float(values.min()), float(values.max())
-
-
-def decode_dicom(data: bytes, max_side: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
-    """DICOM bytes -> (gray in [0, 1], metadata, warnings); at most ``max_side`` a side (the frame's stored
-    values are area-averaged before the LUTs, as a viewer shows a large film on a small screen)."""
-    from pydicom.pixels import pixel_array
-    from pydicom.uid import RLELossless
-
-    ds = read_dicom_dataset(data)
-    rows, cols, frames = check_dicom_header(ds)
-    notes = [WARN_FRAMES] if frames > 1 else []
-    pi = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
-    bits = int(ds.get("BitsStored") or ds.BitsAllocated)
-    # RLE: pydicom's own decoder (pylibjpeg-rle panics, noisily, on some corrupt input).
-    plugin = "pydicom" if ds.file_meta.TransferSyntaxUID == RLELossless else ""
-    arr = fit(pixel_array(ds, index=0, decoding_plugin=plugin), max_side)     # first frame; YBR -> RGB
-    colour = None
-    if arr.ndim == 3:
-        notes.append(WARN_COLOUR)
-        gray = to_unit_range(luminance(arr), 0, 2**bits - 1)
-        colour = colour_fraction(arr, 2**bits - 1)
-    else:
-        values, lo, hi = apply_voi(apply_modality(arr, ds), ds, notes)
-        gray = to_unit_range(values, lo, hi)
-        if pi == "MONOCHROME1":
-            gray = 1.0 - gray
-            notes.append(WARN_MONO1)
-    meta = dicom_metadata(ds, pi, bits, rows, cols, frames, notes)
-    if colour is not None:
-        meta["colour_fraction"] = colour
-    return gray, meta, notes
-
-
-def dicom_metadata(ds: pydicom.Dataset, pi: str, bits: int, rows: int, cols: int, frames: int,
-                   notes: list[str] | None = None) -> dict:
-    """Allow-listed metadata only; names, IDs, dates, institutions are never read. Coded tags are kept only
-    when they are code strings (``code_string``); one that is not is dropped, with a note in ``notes``."""
-    meta: dict[str, Any] = {"format": "DICOM", "transfer_syntax": ds.file_meta.TransferSyntaxUID.name,
-                            "bits_stored": bits, "width": cols, "height": rows, "frames": frames}
-    coded = [("photometric_interpretation", "Photometric Interpretation", pi)]
-    coded += [(key, name, raw_text(ds, tag)) for key, name, tag in (
-        ("modality", "Modality", 0x00080060), ("body_part", "Body Part Examined", 0x00180015),
-        ("view_position", "View Position", 0x00185101))]
-    for key, name, text in coded:
-        if value := code_string(text):
-            meta[key] = value
-        elif text.strip() and notes is not None:
-            notes.append(WARN_BAD_CODE.format(name))
-    if (age := parse_age(raw_text(ds, 0x00101010))) is not None:
-        meta["patient_age_years"] = age
-    if (sex := raw_text(ds, 0x00100040).upper()) in ("M", "F", "O"):
-        meta["patient_sex"] = sex
-    return meta
-
-
-def raw_text(ds: pydicom.Dataset, tag: int) -> str:
-    """A short string element from its raw bytes (no pydicom value validation, no warnings)."""
-    try:
-        value = getattr(ds.get_item(tag), "value", None)
-        if isinstance(value, (bytes, bytearray)):
-            value = value.decode("ascii", "replace")
-        text = str(value or "").strip(" \x00")
-    except Exception:
-        return ""
-    return text[:64] if text.isprintable() else ""
-
-
-def code_string(text: str) -> str:
-    """``text`` (upper-cased) when it is a DICOM code string, else "": nothing else from a coded tag is kept."""
-    value = str(text or "").strip().upper()
-    return value if CODE_STRING.fullmatch(value) else ""
-
-
-def parse_age(text: str) -> float | None:
-    """DICOM AS ('005Y', '006M', '010W', '020D') -> years (3 decimals), or None."""
-    if not (match := _AGE.match(text.strip().upper())):
-        return None
-    years = int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
-    return round(years, 3) if years <= 130 else None
 
 
 # --------------------------------------------------------------------------- entry point

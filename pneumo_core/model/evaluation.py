@@ -20,8 +20,8 @@ from pneumo_core.files import atomic_write_json
 from pneumo_core.ingest.folders import discover_splits, list_labelled
 from pneumo_core.ingest.read import read_xray
 from pneumo_core.model import metrics as ev
-from pneumo_core.model.network import load_model, read_card, write_card
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import load_model, read_card, write_card
 
 EVAL_DIR = "evaluation"
 # A second-opinion tool: a missed pneumonia costs more than a false flag, so the screening point is the default.

@@ -1,29 +1,22 @@
-"""DenseNet-121 with a one-logit pneumonia head, and its model card.
-
-A model on disk is a folder: ``model.safetensors`` (fp16) beside ``card.json``.
-The card describes everything needed to use the weights (labels, input size,
-normalisation, temperature, operating points) and where they came from
-(training config, data fingerprint, initialisation, metrics, code version).
+"""DenseNet-121 with a one-logit pneumonia head: one factory for every initialisation (scratch, ImageNet,
+a checkpoint), ensembles of up to three, the input spec a card records, and the names of a model
+folder's files (``store.py`` writes and reads the folders).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import subprocess
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from pneumo_core.errors import ModelLoadError, WeightsUnavailableError
-from pneumo_core.files import atomic_write_bytes, atomic_write_json, json_default, sha256_file
-from pneumo_core.ops.integrity import check_card, sealed
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -49,7 +42,7 @@ def default_input_spec(size: int = 224) -> dict[str, Any]:
 
 def build_densenet121(dropout: float = 0.0) -> nn.Module:
     """torchvision's densenet121 with a single-logit head (P(pneumonia) via sigmoid)."""
-    from torchvision.models import densenet121
+    from torchvision.models import densenet121  # torchvision is heavy: imported where a network is built
 
     net = densenet121(weights=None, drop_rate=0.0)
     in_features = net.classifier.in_features
@@ -83,45 +76,13 @@ def members_of(net: nn.Module) -> list[nn.Module]:
     return list(net.members) if isinstance(net, Ensemble) else [net]
 
 
-def weight_files(card: Mapping[str, Any]) -> list[tuple[str, str | None]]:
-    """(file, recorded sha256) of every weights file the card names: one, or each ensemble member."""
-    members = (card.get("ensemble") or {}).get("members")
-    if members:
-        return [(str(m.get("file") or ""), m.get("sha256")) for m in members]
-    weights = card.get("weights") or {}
-    return [(str(weights.get("file") or WEIGHTS_FILE), weights.get("sha256"))]
-
-
-def check_weight_files(model_dir: Path, card: Mapping[str, Any]) -> list[Path]:
-    """Every weights file the card names, after checking it exists and matches its recorded sha256."""
-    name = card.get("version", model_dir.name)
-    files = weight_files(card)
-    if len(files) > MAX_MEMBERS:
-        raise ModelLoadError(f"The card of model {name} names {len(files)} ensemble members; at most "
-                             f"{MAX_MEMBERS} are allowed.")
-    paths = []
-    for file, expected in files:
-        path = model_dir / file
-        if not file or Path(file).name != file or not path.is_file():
-            raise ModelLoadError(f"The model {name} has no weights file {file or '(unnamed)'}.")
-        if not expected:
-            raise ModelLoadError(f"The card of model {name} records no sha256 for its weights ({file}), so they "
-                                 f"cannot be checked. Refusing to use them.")
-        if sha256_file(path) != expected:
-            raise ModelLoadError(
-                f"The weights of model {name} do not match their card "
-                f"(sha256 differs): the file was changed or truncated. Refusing to use it.")
-        paths.append(path)
-    return paths
-
-
 # torchvision's old checkpoints name dense-layer params "norm.1.weight"; the module says "norm1.weight".
 _LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def imagenet_weights_path() -> Path:
     """Where torchvision's weights API caches DenseNet-121's ImageNet file (under TORCH_HOME)."""
-    from torchvision.models import DenseNet121_Weights
+    from torchvision.models import DenseNet121_Weights  # heavy: deferred to where it is needed
 
     url = DenseNet121_Weights.IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
@@ -132,7 +93,7 @@ def load_imagenet_backbone(net: nn.Module) -> None:
 
     Raises WeightsUnavailableError naming the file and folder when the cache lacks it.
     """
-    from torchvision.models import DenseNet121_Weights
+    from torchvision.models import DenseNet121_Weights  # heavy: deferred to where it is needed
 
     path = imagenet_weights_path()
     if not path.is_file():
@@ -172,24 +133,22 @@ def create_model(init: str = "scratch", *, dropout: float = 0.0) -> tuple[nn.Mod
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
         raise ModelLoadError(f"--init must be 'scratch', 'imagenet' or a model folder/.safetensors file; {init!r} is none of these.")
-    state = _read_safetensors(weights)
-    _load_state(net, state)
+    load_state(net, read_safetensors(weights))
     parent_card = path / CARD_FILE if path.is_dir() else weights.with_name(CARD_FILE)
     parent = json.loads(parent_card.read_text()).get("version") if parent_card.is_file() else None
     return net, {"kind": "checkpoint", "source": weights.name, "parent_version": parent}
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file's tensors; ModelLoadError when it cannot be read."""
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"The weights file {path.name} is unreadable or truncated.") from exc
 
 
-def _load_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def load_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``net`` (cast to its dtypes); ModelLoadError when it does not fit."""
     own = net.state_dict()
     # A checkpoint saved with or without head dropout differs only in the head's key names.
     fixed = {}
@@ -203,128 +162,3 @@ def _load_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         net.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in fixed.items()}, strict=True)
     except RuntimeError as exc:
         raise ModelLoadError("The weights do not fit a DenseNet-121 with a pneumonia head.") from exc
-
-
-def code_version() -> str:
-    """The git commit of this code, or the package version outside a checkout."""
-    from pneumo_core import __version__
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
-        )
-        return f"{__version__}+{out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-
-
-def fp16_safetensors(net: nn.Module) -> bytes:
-    """The network's state as fp16 safetensors bytes (integer buffers kept as they are)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    return save({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, metadata={"format": "pt"})
-
-
-def save_model(net: nn.Module, card: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """Save fp16 safetensors and the card (with the weights' sha256) into ``out_dir``, atomically per file.
-
-    The weights are written first and the card last, so a folder with a card is complete.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / WEIGHTS_FILE, fp16_safetensors(net))
-    card = dict(card)
-    card["schema"] = CARD_SCHEMA
-    card["weights"] = {"file": WEIGHTS_FILE, "dtype": "float16", "sha256": sha256_file(out / WEIGHTS_FILE)}
-    return write_card(out, card)
-
-
-def save_ensemble(members: list[nn.Module], sources: list[str], card: Mapping[str, Any],
-                  out_dir: str | Path) -> dict[str, Any]:
-    """Save up to three networks as one model: ``member{i}.safetensors`` (fp16) and a card listing each
-    member's file, sha256 and source. ``weights`` names the first member, for readers that know one file."""
-    if not 1 <= len(members) <= MAX_MEMBERS or len(sources) != len(members):
-        raise ValueError(f"An ensemble has 1 to {MAX_MEMBERS} members, each with a source.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    listed = []
-    for i, (net, source) in enumerate(zip(members, sources)):
-        file = f"member{i}.safetensors"
-        atomic_write_bytes(out / file, fp16_safetensors(net))
-        listed.append({"file": file, "sha256": sha256_file(out / file), "source": source})
-    card = dict(card)
-    card["schema"] = CARD_SCHEMA
-    card["ensemble"] = {"combine": "mean of the members' logits", "members": listed}
-    card["weights"] = {"file": listed[0]["file"], "dtype": "float16", "sha256": listed[0]["sha256"]}
-    return write_card(out, card)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A network ready for inference (eval mode, fp32, on ``device``) and its card. Treat as read-only."""
-
-    net: nn.Module
-    card: Mapping[str, Any]
-    path: Path
-
-    @property
-    def version(self) -> str:
-        return str(self.card.get("version", self.path.name))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-
-def read_card(model_dir: str | Path, *, check: bool = True) -> dict[str, Any]:
-    """The card of a model folder, refused (ModelLoadError) when it was changed after it was written by
-    ``write_card`` (``integrity.check_card``). ``check=False`` only to list or report a version, never to use
-    its numbers."""
-    path = Path(model_dir) / CARD_FILE
-    try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"No model card ({CARD_FILE}) in {Path(model_dir).name or model_dir}.") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"The model card in {Path(model_dir).name} is unreadable.") from exc
-    if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA:
-        raise ModelLoadError(f"The model card in {Path(model_dir).name} has an unknown format.")
-    if check:
-        check_card(card, str(card.get("version") or Path(model_dir).name))
-    return card
-
-
-def write_card(model_dir: str | Path, card: Mapping[str, Any]) -> dict[str, Any]:
-    """Seal the card under this server's key and write it atomically; returns what was written. Every
-    writer of a card goes through here, so a card changed any other way is refused on load."""
-    written = sealed(json.loads(json.dumps(dict(card), default=json_default)))   # plain JSON types, as read
-    atomic_write_json(Path(model_dir) / CARD_FILE, written)
-    return written
-
-
-def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
-    """Load a model folder for inference. The card must record each weights file's sha256 and every file
-    must match it (checked on every load; ``verify=False`` only for tests of the check itself).
-
-    A card with an ``ensemble`` section loads its members into one ``Ensemble``."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"Model folder not found: {model_dir}")
-    card = read_card(model_dir)
-    if verify:
-        paths = check_weight_files(model_dir, card)
-    else:
-        paths = [model_dir / file for file, _ in weight_files(card)]
-        if not all(p.is_file() for p in paths):
-            raise ModelLoadError(f"The model in {model_dir.name} has no weights file.")
-    nets = []
-    for path in paths:
-        member = build_densenet121(card.get("training", {}).get("dropout", 0.0))
-        _load_state(member, _read_safetensors(path))
-        nets.append(member)
-    net = nets[0] if "ensemble" not in card else Ensemble(nets)
-    net.eval().requires_grad_(False)
-    net.to(device)
-    return LoadedModel(net=net, card=card, path=model_dir)

@@ -21,7 +21,8 @@ from pneumo_core.errors import PneumoError, UnreadableImageError
 from pneumo_core.ingest.preprocess import to_batch
 from pneumo_core.ingest.read import XrayImage, read_xray
 from pneumo_core.model.metrics import sigmoid
-from pneumo_core.model.network import LABELS, LoadedModel, load_model
+from pneumo_core.model.network import LABELS
+from pneumo_core.model.store import LoadedModel, load_model
 from pneumo_core.safety.checks import LATERAL_VIEWS, model_free_verdict
 from pneumo_core.safety.filmtype import ADULT, ADULT_WARNING, PEDIATRIC_MAX_AGE, FilmTypeCheck, load_check
 from pneumo_core.safety.guard import LAYOUT, Guard, forward_with_taps, layout, load_guard

@@ -32,7 +32,9 @@ from pneumo_core.ingest.folders import ImageSet, LabelledFiles, discover_splits,
 from pneumo_core.ingest.preprocess import normalise
 from pneumo_core.model import augment as aug
 from pneumo_core.model.config import TrainConfig
-from pneumo_core.model.network import LABELS, code_version, create_model, default_input_spec, save_model
+from pneumo_core.model.metrics import safe_auc
+from pneumo_core.model.network import LABELS, create_model, default_input_spec
+from pneumo_core.model.store import code_version, save_model
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,6 @@ def predict_logits(net: nn.Module, pixels: torch.Tensor, spec: dict, *, batch_si
             out.append(net(x).float().squeeze(1).cpu())
     net.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
 
 
 def _split_val(lf: LabelledFiles, fraction: float, seed: int) -> tuple[LabelledFiles, LabelledFiles]:
@@ -315,7 +311,7 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
         improved = False
         for kind, candidate in candidates.items():
             for split, (px, labels) in evals.items():
-                row[f"{split}_auc" + ("" if kind == "raw" else "_ema")] = _auc(labels, predict_logits(
+                row[f"{split}_auc" + ("" if kind == "raw" else "_ema")] = safe_auc(labels, predict_logits(
                     candidate, px, spec, bf16=use_bf16))
             score = row[f"{select_on}_auc" + ("" if kind == "raw" else "_ema")]
             if best is None or (not math.isnan(score) and score > best[0]):

@@ -27,13 +27,14 @@ import math
 import os
 import sqlite3
 from contextlib import closing
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from pneumo_core.errors import PneumoError
+from pneumo_core.errors import AuditError, IntegrityKeyError
+from pneumo_core.files import utc_now
+from pneumo_core.ops import db
 from pneumo_core.ops.csvcell import LINE_END, safe_cell
-from pneumo_core.ops.integrity import IntegrityKeyError, derived_key, key_path
+from pneumo_core.ops.integrity import derived_key, key_path
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("id", "time", "role", "actor", "session", "action", "model_version", "input_sha256", "result",
@@ -64,9 +65,6 @@ CREATE INDEX IF NOT EXISTS events_action ON events (action);
 """
 
 
-class AuditError(PneumoError):
-    """The audit log cannot be written or read."""
-
 
 def audit_path() -> Path:
     """``$PNEUMO_AUDIT_DB`` or ``var/audit.sqlite3`` beside the package."""
@@ -76,20 +74,12 @@ def audit_path() -> Path:
 def _connect(path: Path | None) -> sqlite3.Connection:
     path = Path(path) if path else audit_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)   # explicit transactions only
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")       # an acknowledged event survives a power cut
-        conn.executescript(SCHEMA)
+        conn = db.connect(path, SCHEMA, wal=True)
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)
         return conn
     except (sqlite3.Error, OSError) as exc:
         raise AuditError(f"The audit log {path.name} cannot be opened ({type(exc).__name__}: {exc}).") from None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _row_hash(key: bytes, prev_hash: str, fields: Sequence[Any]) -> str:
@@ -124,7 +114,7 @@ def event(action: str, *, role: str, result: str, actor: str | None = None, sess
           model_version: str | None = None, input_sha256: str | None = None, probability: float | None = None,
           operating_point: str | None = None, threshold: float | None = None, detail: str | None = None) -> list:
     """One event's chained fields, validated (a malformed sha256 raises ValueError)."""
-    return [_now(), str(role), str(actor or role), str(session), str(action), model_version,
+    return [utc_now("milliseconds"), str(role), str(actor or role), str(session), str(action), model_version,
             _clean_sha(input_sha256), str(result), _clean_float(probability), operating_point,
             _clean_float(threshold), (str(detail)[:MAX_DETAIL] if detail else None)]
 
@@ -135,22 +125,16 @@ def record_many(items: Sequence[list], path: str | Path | None = None) -> list[i
         return []
     key = _chain_key(create=True)
     try:
-        with closing(_connect(path)) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                last = conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-                prev = last[0] if last else GENESIS
-                ids = []
-                for fields in items:
-                    digest = _row_hash(key, prev, fields)
-                    cur = conn.execute(f"INSERT INTO events ({', '.join(COLUMNS[1:])}) VALUES "
-                                       f"({', '.join('?' * (len(COLUMNS) - 1))})", [*fields, prev, digest])
-                    ids.append(int(cur.lastrowid))
-                    prev = digest
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with closing(_connect(path)) as conn, db.immediate(conn):
+            last = conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            prev = last[0] if last else GENESIS
+            ids = []
+            for fields in items:
+                digest = _row_hash(key, prev, fields)
+                cur = conn.execute(f"INSERT INTO events ({', '.join(COLUMNS[1:])}) VALUES "
+                                   f"({', '.join('?' * (len(COLUMNS) - 1))})", [*fields, prev, digest])
+                ids.append(int(cur.lastrowid))
+                prev = digest
             return ids
     except sqlite3.Error as exc:
         raise AuditError(f"The audit log could not be written ({type(exc).__name__}: {exc}).") from None

@@ -18,14 +18,19 @@ written atomically with mode 0600, keeping whatever else it holds (comments, the
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from pneumo_core.errors import PneumoError
+import tomlkit
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from pneumo_core.errors import AuthError
+from pneumo_core.files import atomic_write_bytes
 
 VIEWER, ADMIN = "viewer", "admin"
 SECTION = "pneumo"
@@ -34,9 +39,6 @@ ADMIN_EMAILS_KEY = "admin_emails"
 MIN_PASSWORD_CHARS = 12
 ROOT = Path(__file__).resolve().parent.parent
 
-
-class AuthError(PneumoError):
-    """The secrets file or a password cannot be used (said plainly, never with the password)."""
 
 
 def secrets_path() -> Path:
@@ -57,8 +59,6 @@ def read_secrets(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def _hasher():
-    from argon2 import PasswordHasher
-
     return PasswordHasher()   # argon2id, RFC 9106 low-memory profile, random 16-byte salt per hash
 
 
@@ -78,8 +78,6 @@ def hash_password(password: str) -> str:
 
 def verify_password(stored_hash: str, password: str) -> bool:
     """True when ``password`` matches; False on a mismatch; AuthError when the stored hash is not argon2."""
-    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-
     try:
         return _hasher().verify(stored_hash, password)
     except VerifyMismatchError:
@@ -96,8 +94,6 @@ def admin_password_hash(secrets: Mapping[str, Any]) -> str | None:
 
 def set_admin_password(password: str, path: str | Path | None = None) -> Path:
     """Hash ``password`` and store the hash in the secrets file (created if needed), atomically, mode 0600."""
-    import tomlkit
-
     path = Path(path) if path else secrets_path()
     stored = hash_password(password)
     try:
@@ -108,18 +104,7 @@ def set_admin_password(password: str, path: str | Path | None = None) -> Path:
     if SECTION not in doc:
         doc[SECTION] = tomlkit.table()
     doc[SECTION][HASH_KEY] = stored
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tomlkit.dumps(doc))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, tomlkit.dumps(doc).encode("utf-8"), mode=0o600)
     return path
 
 
@@ -165,8 +150,6 @@ def read_new_password(stdin: bool = False) -> str:
     """The password typed twice (hidden), or one line from stdin (for scripts)."""
     if stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    import getpass
-
     first = getpass.getpass("New admin password: ")
     if getpass.getpass("Repeat it: ") != first:
         raise AuthError("The two passwords differ; nothing was changed.")

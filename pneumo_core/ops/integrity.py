@@ -25,7 +25,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
-from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.errors import IntegrityKeyError, ModelLoadError
 
 SEAL_FIELD = "seal"
 SEAL_ALG = "hmac-sha256"
@@ -36,9 +36,6 @@ SHIPPED_CARDS = {
     "20261202-073540": "ec3b4f10e9d830755b78e4ede03c11d4394a3d9dd51394f75918863087ebd648",
 }
 
-
-class IntegrityKeyError(PneumoError):
-    """This server's integrity key cannot be read or made."""
 
 
 def key_path() -> Path:

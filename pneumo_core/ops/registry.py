@@ -11,7 +11,6 @@ Folders whose name starts with a dot (``.jobs``, ``.incoming-*``) are never vers
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -22,9 +21,10 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
-from pneumo_core.errors import ModelLoadError, PneumoError
-from pneumo_core.files import atomic_write_bytes, atomic_write_json, sha256_file
-from pneumo_core.model.network import CARD_FILE, check_weight_files, read_card, weight_files, write_card
+from pneumo_core.errors import ModelLoadError, RegistryError
+from pneumo_core.files import atomic_write_bytes, atomic_write_json, utc_now
+from pneumo_core.model.network import CARD_FILE
+from pneumo_core.model.store import check_weight_files, read_card, weight_files, write_card
 from pneumo_core.ops.integrity import check_card
 
 ACTIVE_FILE = "ACTIVE"
@@ -33,9 +33,6 @@ LOCK_FILE = ".registry.lock"
 HISTORY_KEEP = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-
-class RegistryError(PneumoError, ValueError):
-    """A promote, rollback or add that cannot be done (unknown version, nothing to roll back to, ...)."""
 
 
 def weights_root() -> Path:
@@ -76,14 +73,6 @@ def active_model_dir(root: str | Path | None = None) -> Path:
     if not name or "/" in name or name.startswith(".") or not (folder / CARD_FILE).is_file():
         raise ModelLoadError(f"The active model {name!r} named in {ACTIVE_FILE} is not a complete model folder.")
     return folder
-
-
-def set_active(version: str, root: str | Path | None = None) -> None:
-    """Point ACTIVE at ``version`` (no history, no checks beyond the card): prefer ``promote``."""
-    root = _root(root)
-    if not is_version_name(version) or not (root / version / CARD_FILE).is_file():
-        raise ModelLoadError(f"No model version {version!r} in {root}.")
-    atomic_write_bytes(root / ACTIVE_FILE, (version + "\n").encode())
 
 
 # --------------------------------------------------------------------------- integrity
@@ -173,14 +162,10 @@ def read_history(root: str | Path | None = None) -> dict[str, Any]:
     return {"previous": [], "events": []}
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _switch(root: Path, target: str, previous: list[str], action: str, current: str | None) -> None:
     history = read_history(root)
     history["previous"] = previous[-HISTORY_KEEP:]
-    history["events"] = (history["events"] + [{"time": _now(), "action": action, "from": current,
+    history["events"] = (history["events"] + [{"time": utc_now(), "action": action, "from": current,
                                                "to": target}])[-HISTORY_KEEP:]
     # History first, pointer last: if we die in between, ACTIVE is unchanged and rollback skips
     # history entries equal to the current version.

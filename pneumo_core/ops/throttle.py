@@ -34,27 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pneumo_core.errors import PneumoError
+from pneumo_core.env import env_number
+from pneumo_core.errors import ThrottleError
+from pneumo_core.ops import db
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "CREATE TABLE IF NOT EXISTS failures (client TEXT PRIMARY KEY, count INTEGER NOT NULL, last REAL NOT NULL)"
 
 
-class ThrottleError(PneumoError):
-    """The sign-in throttle's file cannot be read or written."""
-
 
 def throttle_path() -> Path:
     """``$PNEUMO_SIGNIN_DB`` or ``var/sign_in.sqlite3`` beside the package."""
     return Path(os.environ.get("PNEUMO_SIGNIN_DB") or ROOT / "var" / "sign_in.sqlite3")
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return value if value >= 0 else default
 
 
 @dataclass(frozen=True)
@@ -66,9 +57,9 @@ class Backoff:
 
     @classmethod
     def from_env(cls) -> "Backoff":
-        return cls(free_tries=int(_env_float("PNEUMO_SIGNIN_FREE_TRIES", 5)),
-                   delay_s=_env_float("PNEUMO_SIGNIN_DELAY_S", 30.0),
-                   max_delay_s=_env_float("PNEUMO_SIGNIN_MAX_DELAY_S", 900.0))
+        return cls(free_tries=int(env_number("PNEUMO_SIGNIN_FREE_TRIES", 5)),
+                   delay_s=env_number("PNEUMO_SIGNIN_DELAY_S", 30.0),
+                   max_delay_s=env_number("PNEUMO_SIGNIN_MAX_DELAY_S", 900.0))
 
     def wait_after(self, failures: int) -> float:
         """Seconds a client waits after its ``failures``-th failure in a row."""
@@ -79,10 +70,7 @@ class Backoff:
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)   # explicit transactions only
-        conn.execute(SCHEMA)
-        return conn
+        return db.connect(path, SCHEMA)
     except (sqlite3.Error, OSError) as exc:
         raise ThrottleError(f"The sign-in throttle {path.name} cannot be opened ({type(exc).__name__}).") from None
 
@@ -102,15 +90,8 @@ class SignInThrottle:
     def _run(self, fn):
         path = Path(self.path) if self.path else throttle_path()
         try:
-            with closing(_connect(path)) as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    out = fn(conn)
-                    conn.execute("COMMIT")
-                    return out
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            with closing(_connect(path)) as conn, db.immediate(conn):
+                return fn(conn)
         except sqlite3.Error as exc:
             raise ThrottleError(f"The sign-in throttle {path.name} cannot be written ({type(exc).__name__}).") \
                 from None

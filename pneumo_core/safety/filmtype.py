@@ -41,7 +41,7 @@ import torch
 
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.files import atomic_write_bytes, sha256_file
-from pneumo_core.model.network import read_card
+from pneumo_core.model.store import read_card
 from pneumo_core.safety.guard import LAYOUT, Gaussian, read_fitted_file
 
 FILM_TYPE_FILE = "film_type.safetensors"

@@ -45,7 +45,8 @@ from pneumo_core.errors import ModelLoadError, UnreadableImageError
 from pneumo_core.files import atomic_write_bytes, sha256_file
 from pneumo_core.ingest.preprocess import resize
 from pneumo_core.ingest.read import XrayImage
-from pneumo_core.model.network import Ensemble, read_card, write_card
+from pneumo_core.model.network import Ensemble
+from pneumo_core.model.store import read_card, write_card
 
 if TYPE_CHECKING:
     from pneumo_core.model.predict import Predictor

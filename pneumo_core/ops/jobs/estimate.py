@@ -17,7 +17,8 @@ import torch
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.ingest.datacheck import DatasetReport
 from pneumo_core.model.config import TrainConfig
-from pneumo_core.model.network import imagenet_weights_path, read_card
+from pneumo_core.model.network import imagenet_weights_path
+from pneumo_core.model.store import read_card
 from pneumo_core.ops.jobs.settings import BASE_DEFAULTS, RECIPE_FIELDS, check_config, default_config
 from pneumo_core.ops.jobs.store import Job, list_jobs
 from pneumo_core.ops.registry import active_model_dir, weights_root

@@ -14,8 +14,9 @@ from filelock import FileLock, Timeout
 
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.files import atomic_write_json
-from pneumo_core.ingest.datacheck import DatasetError, DatasetReport, validate_dataset
-from pneumo_core.model.network import read_card
+from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
+from pneumo_core.errors import DatasetError
+from pneumo_core.model.store import read_card
 from pneumo_core.ops.jobs.estimate import compared_size, device_kind, estimate_phases
 from pneumo_core.ops.jobs.settings import check_config, default_config
 from pneumo_core.ops.jobs.store import (

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from pneumo_core.errors import ModelLoadError
 from pneumo_core.model.config import SettingsError, TrainConfig
-from pneumo_core.model.network import read_card
+from pneumo_core.model.store import read_card
 from pneumo_core.ops.jobs.store import JobError
 from pneumo_core.ops.registry import active_model_dir
 

@@ -32,7 +32,7 @@ from filelock import FileLock
 
 from pneumo_core.errors import PneumoError
 from pneumo_core.files import atomic_write_json
-from pneumo_core.ingest.datacheck import remove_tree
+from pneumo_core.ingest.archives import remove_tree
 from pneumo_core.ops.registry import weights_root
 
 SPEC, STATE, WORKER, CANCEL, LOG = "spec.json", "state.json", "worker.json", "cancel", "log.txt"

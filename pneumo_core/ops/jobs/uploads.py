@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from pneumo_core.ingest.datacheck import remove_tree
+from pneumo_core.ingest.archives import remove_tree
 from pneumo_core.ops.jobs.store import UPLOADS, age, jobs_root, stamp
 
 _LEASED: set[str] = set()                # upload folders of this process that a live UploadLease holds

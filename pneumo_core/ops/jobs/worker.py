@@ -24,10 +24,12 @@ from pneumo_core.model.compare import paired_verdict
 from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.evaluation import EVAL_DIR, calibrate_model, evaluate_points, score_folder
 from pneumo_core.model.metrics import sigmoid
-from pneumo_core.model.network import LABELS, load_model
+from pneumo_core.model.network import LABELS
+from pneumo_core.model.store import load_model
 from pneumo_core.model.predict import Predictor
 from pneumo_core.model.train import TrainingCancelled, _device_name, _split_val, fit, pick_device
-from pneumo_core.ops.audit import AuditError, record
+from pneumo_core.ops.audit import record
+from pneumo_core.errors import AuditError
 from pneumo_core.ops.jobs.store import (
     CANCEL,
     SPEC,
