@@ -651,7 +651,7 @@ def _per_image_s(ref_64: float, ref_128: float, size: int) -> float:
 
 
 def _count_film_types(folder: Path | None) -> int:
-    from pneumo_core.safety.filmtype import film_type_files
+    from pneumo_core.safety.filmtype_fit import film_type_files
 
     return len(film_type_files(folder)) if folder is not None and folder.is_dir() else 0
 
@@ -681,7 +681,7 @@ def estimate_phases(report: DatasetReport, config: Mapping[str, Any], device_kin
     phase is multiplied by this machine's pace on recent finished jobs (``phase_pace``: actual / estimated),
     so the estimate corrects itself from the jobs that ran here.
     """
-    from pneumo_core.safety.guard import film_types_folder
+    from pneumo_core.safety.fitting import film_types_folder
 
     size = int(config.get("image_size") or 224)
     if base_size is None:                                     # compared with the active version, at its size
@@ -906,7 +906,7 @@ def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _Ca
     from pneumo_core.ingest.folders import discover_splits
     from pneumo_core.model.evaluation import calibrate_model
     from pneumo_core.model.train import TrainConfig, _device_name, fit, pick_device
-    from pneumo_core.safety.guard import film_types_folder, fit_guard
+    from pneumo_core.safety.fitting import film_types_folder, fit_guard
 
     cfg_over = dict(spec["config"])
     cfg_over.setdefault("workers", min(16, os.cpu_count() or 4))       # decoding threads
