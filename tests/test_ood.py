@@ -73,7 +73,9 @@ def guarded(tmp_path_factory, tiny_model_dir, small_data) -> tuple[Path, dict, s
     shutil.copytree(tiny_model_dir, model)
     weights_before = sha256_file(model / "model.safetensors")
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # conftest's setting, which a module fixture runs before: never the shared film_types/ folder by itself
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv("PNEUMO_FILM_TYPES", "")
         rc = main(["fit-guard", "--model", str(model), "--data", str(small_data)])
     assert rc == 0, err.getvalue()
     return model, json.loads(out.getvalue()), weights_before
