@@ -27,6 +27,7 @@ from pneumo_core.errors import ModelLoadError
 from pneumo_core.model.predict import Predictor
 from pneumo_core.model.store import read_card
 from pneumo_core.safety import filmtype as ft
+from pneumo_core.safety import filmtype_fit as ftfit
 
 D_POOLED, D_LAYOUT = 24, 12
 
@@ -46,11 +47,11 @@ def centres() -> dict[str, np.ndarray]:
         ft.ADULT: base + 3.0 * rng.standard_normal(len(base))}     # adults nearer the children than the rest
 
 
-def _sets(centres, rng, n=200, small=40) -> list[ft.Labelled]:
-    out = [ft.Labelled(ft.PEDIATRIC, "training films", _cluster(rng, centres[ft.PEDIATRIC], n), np.arange(n))]
+def _sets(centres, rng, n=200, small=40) -> list[ftfit.Labelled]:
+    out = [ftfit.Labelled(ft.PEDIATRIC, "training films", _cluster(rng, centres[ft.PEDIATRIC], n), np.arange(n))]
     for kind, source in ((ft.ADULT, "hospital A"), (ft.ADULT, "hospital B"), (ft.LATERAL, "crops"),
                          (ft.OTHER_RADIOGRAPH, "knees"), (ft.NOT_RADIOGRAPH, "ultrasound")):
-        out.append(ft.Labelled(kind, source, _cluster(rng, centres[kind], small), np.arange(small)))
+        out.append(ftfit.Labelled(kind, source, _cluster(rng, centres[kind], small), np.arange(small)))
     return out
 
 
@@ -59,7 +60,7 @@ def fitted(centres):
     rng = np.random.default_rng(1)
     sets = _sets(centres, rng)
     val = _cluster(rng, centres[ft.PEDIATRIC], 400)
-    return ft.fit(sets, val), sets, val
+    return ftfit.fit(sets, val), sets, val
 
 
 def _judge(check, reps, ped_score=0.5, meta=None, moderate=1.0):
@@ -129,7 +130,7 @@ def test_dicom_tags_are_evidence_but_never_alone(fitted, centres):
 def test_leave_one_source_out_refits_without_the_source(fitted, centres):
     _, sets, val = fitted
     scores = {f"{s.kind}/{s.source}": np.full(len(s), 0.5 if s.kind in ft.FRONTAL else 3.0) for s in sets}
-    loso = ft.leave_one_source_out(sets, val, scores)
+    loso = ftfit.leave_one_source_out(sets, val, scores)
     assert set(loso) == {"adult_frontal/hospital A", "adult_frontal/hospital B", "lateral/crops",
                          "other_radiograph/knees", "not_radiograph/ultrasound"}
     assert loso["adult_frontal/hospital A"]["n"] == 40
@@ -142,11 +143,11 @@ def test_leave_one_source_out_refits_without_the_source(fitted, centres):
 def test_a_missing_class_is_never_predicted(centres):
     rng = np.random.default_rng(6)
     sets = [s for s in _sets(centres, rng) if s.kind != ft.NOT_RADIOGRAPH]
-    check = ft.fit(sets, _cluster(rng, centres[ft.PEDIATRIC], 200))
+    check = ftfit.fit(sets, _cluster(rng, centres[ft.PEDIATRIC], 200))
     p = check.probabilities(_cluster(rng, centres[ft.NOT_RADIOGRAPH], 20))
     assert np.all(p[:, ft.CLASSES.index(ft.NOT_RADIOGRAPH)] < 1e-6)
     with pytest.raises(ValueError, match="pediatric films"):
-        ft.fit([s for s in sets if s.kind != ft.PEDIATRIC], _cluster(rng, centres[ft.PEDIATRIC], 10))
+        ftfit.fit([s for s in sets if s.kind != ft.PEDIATRIC], _cluster(rng, centres[ft.PEDIATRIC], 10))
 
 
 def test_save_and_load_give_the_same_verdicts_and_check_the_sha(fitted, centres, tmp_path):
@@ -173,7 +174,7 @@ def test_save_and_load_give_the_same_verdicts_and_check_the_sha(fitted, centres,
 def test_one_sided_crops_keep_one_side_of_the_film():
     films = np.zeros((2, 32, 32), np.uint8)
     films[:, :, :16] = 200                                            # bright left half, dark right half
-    crops, idx = ft.one_sided(films, 20, seed=0)
+    crops, idx = ftfit.one_sided(films, 20, seed=0)
     assert crops.shape == (20, 32, 32) and set(idx) <= {0, 1}
     means = crops.reshape(20, -1).mean(1)
     assert np.all((means > 150) | (means < 60))                       # each crop shows mostly one side
@@ -327,13 +328,13 @@ def test_metrics_page_text_says_whether_a_version_has_the_check(typed_model):
 
 def test_leave_one_source_out_never_fits_on_the_held_out_source_or_its_crops(fitted, centres, monkeypatch):
     _, sets, val = fitted
-    crops = ft.Labelled(ft.LATERAL, "crops of hospital A", sets[1].reps, sets[1].groups, derived_from="hospital A")
+    crops = ftfit.Labelled(ft.LATERAL, "crops of hospital A", sets[1].reps, sets[1].groups, derived_from="hospital A")
     seen: list[set] = []
-    real_fit = ft.fit
-    monkeypatch.setattr(ft, "fit", lambda s, *a, **k: (seen.append({(x.kind, x.source) for x in s}),
+    real_fit = ftfit.fit
+    monkeypatch.setattr(ftfit, "fit", lambda s, *a, **k: (seen.append({(x.kind, x.source) for x in s}),
                                                        real_fit(s, *a, **k))[1])
     scores = {f"{s.kind}/{s.source}": np.full(len(s), 0.5) for s in [*sets, crops]}
-    ft.leave_one_source_out([*sets, crops], val, scores, only=[ft.ADULT])
+    ftfit.leave_one_source_out([*sets, crops], val, scores, only=[ft.ADULT])
     assert len(seen) == 2
     assert (ft.ADULT, "hospital A") not in seen[0] and (ft.LATERAL, "crops of hospital A") not in seen[0]
     assert (ft.ADULT, "hospital B") in seen[0]
@@ -347,7 +348,7 @@ def test_chest_max_and_typical_max_follow_their_rules(centres):
     guard = {f"{s.kind}/{s.source}": rng.uniform(*( (0.8, 1.2) if s.kind == ft.ADULT else (1.1, 3.0)), len(s))
              for s in sets}
     val_scores = rng.uniform(0.3, 0.9, 400)
-    check = ft.fit(sets, val, guard_scores=guard, val_scores=val_scores)
+    check = ftfit.fit(sets, val, guard_scores=guard, val_scores=val_scores)
     adults = np.concatenate([guard[k] for k in guard if k.startswith(ft.ADULT)])
     others = np.concatenate([guard[k] for k in guard if k.startswith((ft.OTHER_RADIOGRAPH, ft.NOT_RADIOGRAPH))])
     assert check.chest_max == pytest.approx(max(1.0, min(np.quantile(adults, 0.98), np.quantile(others, 0.05))))

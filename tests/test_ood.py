@@ -28,6 +28,8 @@ from pneumo_core.model.predict import Predictor, predict_files
 from pneumo_core.model.store import read_card, write_card
 from pneumo_core.safety import guard as ood
 from pneumo_core.safety.checks import model_free_reason
+from pneumo_core.safety.features import LAYOUT, TAPS
+from pneumo_core.safety.negatives import builtin_negatives, png, text_page
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
@@ -71,7 +73,9 @@ def guarded(tmp_path_factory, tiny_model_dir, small_data) -> tuple[Path, dict, s
     shutil.copytree(tiny_model_dir, model)
     weights_before = sha256_file(model / "model.safetensors")
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # conftest's setting, which a module fixture runs before: never the shared film_types/ folder by itself
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv("PNEUMO_FILM_TYPES", "")
         rc = main(["fit-guard", "--model", str(model), "--data", str(small_data)])
     assert rc == 0, err.getvalue()
     return model, json.loads(out.getvalue()), weights_before
@@ -93,12 +97,12 @@ def negatives(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(7)
     arrays = {name: getattr(skimage_data, name)() for name in
               ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "page", "text", "brick", "horse")}
-    arrays["text_page"] = ood.text_page(rng, font_size=20)
+    arrays["text_page"] = text_page(rng, font_size=20)
     arrays["uniform_noise"] = rng.random((300, 300))
     arrays["gaussian_noise"] = np.clip(0.5 + 0.2 * rng.standard_normal((256, 320)), 0, 1)
     files = {name: folder / f"{name}.png" for name in arrays}
     for name, a in arrays.items():
-        files[name].write_bytes(ood.png(a))
+        files[name].write_bytes(png(a))
     for name in ("CT_small.dcm", "MR_small.dcm"):
         src = Path(get_testdata_file(name))
         files[name] = folder / name
@@ -128,7 +132,7 @@ def test_fit_guard_records_threshold_and_rates_and_leaves_the_weights(guarded):
     assert info["sha256"] == sha256_file(model / ood.OOD_FILE) == summary["sha256"]
     assert info["weights_sha256"] == weights_before
     assert info["threshold"] > 0 and summary["threshold"] == info["threshold"]
-    assert set(info["parts"]) == set(ood.TAPS) | {ood.LAYOUT}
+    assert set(info["parts"]) == set(TAPS) | {LAYOUT}
     rates = info["false_rejection"]
     assert {"val", "val_augmented", "test"} <= set(rates) and "external" not in rates
     assert rates["val"]["n"] == 60 and rates["test"]["n"] == 20
@@ -142,10 +146,10 @@ def test_fit_guard_records_threshold_and_rates_and_leaves_the_weights(guarded):
 
 
 def _random_guard(rng: np.random.Generator) -> tuple[ood.Guard, dict[str, np.ndarray]]:
-    dims = {"pooled": 40, ood.LAYOUT: 12}
+    dims = {"pooled": 40, LAYOUT: 12}
     train = {k: rng.standard_normal((80, d)) * rng.uniform(0.5, 2, d) for k, d in dims.items()}
     val = {k: rng.standard_normal((40, d)) for k, d in dims.items()}
-    return ood.fit(train, val, dims={"pooled": 8, ood.LAYOUT: 4}), val
+    return ood.fit(train, val, dims={"pooled": 8, LAYOUT: 4}), val
 
 
 def _write_guard(model: Path, guard: ood.Guard) -> None:
@@ -276,7 +280,7 @@ def test_model_without_guard_keeps_the_model_free_checks(tiny_model_dir, tmp_pat
     Image.fromarray((grey * 255).astype(np.uint8)).convert("RGB").save(as_rgb_jpeg, "JPEG", quality=80)
     assert predictor.check(read_xray(as_rgb_jpeg.getvalue())) is None
     tinted = np.stack([grey, grey * 0.6, grey * 0.3], -1)                 # the same film, strongly coloured
-    assert "colour" in predictor.check(read_xray(ood.png(tinted)))
+    assert "colour" in predictor.check(read_xray(png(tinted)))
     good = write_png(tmp_path / "film.png", grey)
     (rec,) = predict_files(predictor, [good])
     assert rec.status == "ok" and rec.probability is not None
@@ -297,7 +301,7 @@ def test_fit_guard_cli_refuses_data_without_a_validation_split(tiny_model_dir, t
 
 
 def test_builtin_negatives_are_readable_and_never_chest_films():
-    items = ood.builtin_negatives()
+    items = builtin_negatives()
     cats = {c for c, _, _ in items}
     assert {"noise", "blank", "document", "ct", "mr"} <= cats
     readable = 0

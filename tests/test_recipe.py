@@ -23,7 +23,7 @@ from pneumo_core.model.predict import Predictor
 from pneumo_core.model.store import load_model, save_ensemble, write_card
 from pneumo_core.model.train import TrainingCancelled, fit
 from pneumo_core.ops.registry import verify_version
-from pneumo_core.safety.guard import forward_with_taps
+from pneumo_core.safety.features import forward_with_taps
 
 FAST = dict(batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,
             max_images=16, ema_decay=0.9)

@@ -566,9 +566,9 @@ def test_a_card_without_a_weights_sha256_is_refused(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("target", [WEIGHTS_FILE, "ood.safetensors"])
 def test_a_file_changed_on_disk_stops_being_served_at_the_next_run(weights, target, synthetic_data):
     if target == "ood.safetensors":
-        from pneumo_core.safety.guard import fit_guard
+        from pneumo_core.safety.fitting import GuardFit, fit_guard
 
-        fit_guard(weights / "base", synthetic_data, copies=0, negatives=False, workers=1)
+        fit_guard(weights / "base", synthetic_data, GuardFit(copies=0, negatives=False, workers=1))
         _clear_caches()
     at = upload(open_app(), ("a.png", film(11)))
     assert not any("No model is available" in e for e in errors(at))

@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_calibrate:
         calibrate_model(result.out_dir, args.data, n_boot=args.bootstrap, log=print)
     if not args.no_guard:
-        from pneumo_core.safety.guard import fit_guard
+        from pneumo_core.safety.fitting import fit_guard
 
         print("fitting the out-of-distribution guard and the film-type check", flush=True)
         info = fit_guard(result.out_dir, args.data, film_types=args.film_types, log=print)
@@ -188,7 +188,7 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
     # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
     from pneumo_core.ingest.folders import discover_splits
     from pneumo_core.model.store import read_card
-    from pneumo_core.safety.guard import fit_guard
+    from pneumo_core.safety.fitting import GuardFit, fit_guard
 
     if not 0 < args.false_rejection < 0.5:
         _err("--false-rejection must be between 0 and 0.5.")
@@ -201,9 +201,10 @@ def cmd_fit_guard(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    info = fit_guard(args.model, args.data, false_rejection=args.false_rejection, copies=args.copies,
-                     max_train=args.max_train, max_eval=args.max_eval, negatives=not args.no_negatives,
-                     film_types=args.film_types, log=lambda s: print(s, file=sys.stderr, flush=True))
+    options = GuardFit(false_rejection=args.false_rejection, copies=args.copies, max_train=args.max_train,
+                       max_eval=args.max_eval, negatives=not args.no_negatives)
+    info = fit_guard(args.model, args.data, options, film_types=args.film_types,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
     neg = info["negative_rejection"]
     film_type = read_card(Path(args.model)).get("film_type") or {}
     summary = {"threshold": info["threshold"], "false_rejection": info["false_rejection"],

@@ -3,7 +3,7 @@
 ``Predictor`` wraps a loaded model (read-only, shareable between sessions) and
 serialises use of it with a lock, so explanations' hooks never meet another
 caller's forward pass. It also holds the model's out-of-distribution guard
-(``ood.py``) when the model folder has one: ``check`` / ``screen_many`` give the
+(``safety/guard.py``) when the model folder has one: ``check`` / ``screen_many`` give the
 guard's verdict and the prediction from the same forward pass.
 """
 
@@ -24,8 +24,9 @@ from pneumo_core.model.metrics import sigmoid
 from pneumo_core.model.network import LABELS
 from pneumo_core.model.store import LoadedModel, load_model
 from pneumo_core.safety.checks import LATERAL_VIEWS, model_free_verdict
+from pneumo_core.safety.features import LAYOUT, forward_with_taps, layout
 from pneumo_core.safety.filmtype import ADULT, ADULT_WARNING, PEDIATRIC_MAX_AGE, FilmTypeCheck, load_check
-from pneumo_core.safety.guard import LAYOUT, Guard, forward_with_taps, layout, load_guard
+from pneumo_core.safety.guard import Guard, load_guard
 
 # Probabilities this close to the threshold (in logit units after calibration) get a warning.
 NEAR_THRESHOLD_LOGIT = 0.5

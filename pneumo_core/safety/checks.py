@@ -1,29 +1,24 @@
-"""Is this readable image a frontal chest radiograph the model may be asked about?
+"""Is this readable image a frontal chest radiograph the model may be asked about? The checks that need no model.
 
 Two layers:
 
 * ``rejection_reason``: cheap, model-free evidence (DICOM modality, blank
   frames). Every model gets it, old ones included.
-* ``check``: the whole verdict. The cheap checks, a lateral DICOM view, an
-  absurd aspect ratio (``model_free_reason``), then, for a model that has one,
-  the learned guard (``ood.py``: a score on the network's features and on the
-  film's layout; a non-chest DICOM body part counts only together with an
-  unusual score).
+* ``model_free_verdict`` / ``model_free_reason``: the cheap checks, then a lateral
+  DICOM view, an absurd aspect ratio and colour.
 
-``Predictor.check(image)`` runs ``check`` with the model's own guard; use it.
+The whole verdict adds, for a model that has them, the learned guard (``guard.py``: a
+score on the network's features and on the film's layout; a non-chest DICOM body part
+counts only together with an unusual score) and the film-type check (``filmtype.py``).
+``Predictor.check(image)`` / ``Predictor.screen_many`` give it; use them.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pneumo_core.ingest.read import XrayImage
 from pneumo_core.safety.filmtype import LATERAL, NOT_RADIOGRAPH
-
-if TYPE_CHECKING:
-    from pneumo_core.safety.guard import Guard
 
 # Projection radiography modalities; CT, MR, US, NM, ... are not chest films.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "RG", "DR", "OT", "SC", "XA"}
@@ -78,14 +73,3 @@ def model_free_reason(image: XrayImage) -> str | None:
     """Every check that needs no model: the reason of ``model_free_verdict``."""
     return model_free_verdict(image)[0]
 
-
-def check(image: XrayImage, guard: "Guard | None" = None, score: float | None = None) -> str | None:
-    """The verdict on one image: a one-line reason to refuse it, or None to analyse it.
-
-    ``guard`` and ``score`` (from ``Guard.scores``) come from the model; without a
-    guard only the model-free checks apply.
-    """
-    reason = model_free_reason(image)
-    if reason or guard is None or score is None:
-        return reason
-    return guard.reason(image, score)

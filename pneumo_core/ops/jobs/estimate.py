@@ -22,8 +22,8 @@ from pneumo_core.model.store import read_card
 from pneumo_core.ops.jobs.settings import BASE_DEFAULTS, RECIPE_FIELDS, check_config, default_config
 from pneumo_core.ops.jobs.store import Job, list_jobs
 from pneumo_core.ops.registry import active_model_dir, weights_root
-from pneumo_core.safety.filmtype import film_type_files
-from pneumo_core.safety.guard import film_types_folder
+from pneumo_core.safety.filmtype_fit import film_type_files
+from pneumo_core.safety.fitting import film_types_folder
 
 # Reference training throughput of DenseNet-121 at 224 px on an H100 (~1,500 img/s with GPU-side augmentation),
 # used until the machine has measured its own.

@@ -43,7 +43,7 @@ from pneumo_core.ops.jobs.store import (
     remove_temp,
 )
 from pneumo_core.ops.registry import add_version, verify_version
-from pneumo_core.safety.guard import film_types_folder, fit_guard
+from pneumo_core.safety.fitting import film_types_folder, fit_guard
 
 WORKER_NICE = 5              # training yields the CPU to people using the app ($PNEUMO_JOB_NICE overrides)
 
