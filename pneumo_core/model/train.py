@@ -44,6 +44,7 @@ from pneumo_core.model.checkpoints import (
     save_epoch,
     staged,
 )
+from pneumo_core.model.metrics import safe_auc
 from pneumo_core.model.network import LABELS, code_version, create_model, default_input_spec, save_model
 from pneumo_core.model.trainingdata import prepare_data
 
@@ -135,12 +136,6 @@ def predict_logits(net: nn.Module, pixels: torch.Tensor, spec: dict, *, batch_si
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
-
-
 def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, run: Run, cfg: TrainConfig) -> float:
     """One pass over the training films in an order drawn from the run's generator; returns the mean loss.
     The learning rate follows ``lr_at`` step by step, and the averaged model follows every step."""
@@ -180,7 +175,7 @@ def evaluate(candidates: Mapping[str, nn.Module], evals: Mapping[str, tuple[torc
              spec: dict, *, bf16: bool) -> dict[str, float]:
     """AUC of each candidate (raw, ema) on each held-out split: ``{split}_auc`` for the raw weights,
     ``{split}_auc_ema`` for the averaged ones."""
-    return {f"{split}_auc{_suffix(kind)}": _auc(labels, predict_logits(candidate, px, spec, bf16=bf16))
+    return {f"{split}_auc{_suffix(kind)}": safe_auc(labels, predict_logits(candidate, px, spec, bf16=bf16))
             for kind, candidate in candidates.items() for split, (px, labels) in evals.items()}
 
 
