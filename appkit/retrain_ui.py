@@ -16,11 +16,11 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pneumo_core.errors import DatasetError, ModelLoadError, PneumoError
+from pneumo_core.errors import DatasetError, ModelLoadError, PneumoError, SettingsError
 from pneumo_core.ingest.archives import extract_zip
 from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
 from pneumo_core.ingest.folders import discover_splits, list_labelled
-from pneumo_core.model.config import SETTINGS, SettingsError, check_setting
+from pneumo_core.model.config import SETTINGS, check_setting
 from pneumo_core.model.network import LABELS, imagenet_weights_path
 from pneumo_core.model.store import read_card
 from pneumo_core.ops import registry

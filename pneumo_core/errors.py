@@ -58,3 +58,20 @@ class AuditError(PneumoError):
 
 class IntegrityKeyError(PneumoError):
     """This server's integrity key cannot be read or made."""
+
+
+class SettingsError(PneumoError, ValueError):
+    """A training setting of the wrong type or outside its allowed values; the message names it and says what
+    it allows."""
+
+
+class TrainingCancelled(PneumoError, RuntimeError):
+    """Raised from inside fit() when the cancel check says stop; nothing is written to out_dir."""
+
+
+class JobError(PneumoError, RuntimeError):
+    """A job that cannot be started or found; the message says why."""
+
+
+class JobBusyError(JobError):
+    """Another training job is running (one at a time)."""

@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# The checkout (the folder holding pneumo_core/ and app.py): weights/, var/ and .streamlit/ live here by default.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()

@@ -22,7 +22,7 @@ from conftest import make_dataset, synthetic_film, write_png
 from filelock import FileLock
 
 from pneumo_core.cli.main import main
-from pneumo_core.errors import DatasetError, ModelLoadError
+from pneumo_core.errors import DatasetError, JobBusyError, JobError, ModelLoadError
 from pneumo_core.ingest.read import read_xray
 from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
 from pneumo_core.model.predict import Predictor
@@ -140,7 +140,7 @@ def test_job_runs_to_completion_with_observable_progress(weights, data, capsys):
 def test_second_job_is_refused_and_cancel_stops_the_first(weights, data):
     before = registry_snapshot(weights)
     job = launch.start_job(data / "train", base="active", config=SLOW, bootstrap=50)   # no val/: a carved split
-    with pytest.raises(store.JobBusyError, match="already running"):
+    with pytest.raises(JobBusyError, match="already running"):
         launch.start_job(data, base="scratch", config=FAST)
     wait_for(job.id, lambda j: len(j.history) >= 1)
     assert (job.dir / "view" / "val" / "NORMAL").is_dir()            # the carved validation split
@@ -196,11 +196,11 @@ def test_start_refuses_bad_requests_before_any_process_starts(weights, data, tmp
     few = make_dataset(tmp_path / "few", {"train": 4}, size=40)
     with pytest.raises(DatasetError, match="Too few training films"):
         launch.start_job(few, config=FAST)
-    with pytest.raises(store.JobError, match="Unknown training setting"):
+    with pytest.raises(JobError, match="Unknown training setting"):
         launch.start_job(data, config={"epochs": 1, "learning_rate": 1})
-    with pytest.raises(store.JobError, match="epochs"):
+    with pytest.raises(JobError, match="epochs"):
         launch.start_job(data, config={**FAST, "epochs": 0})
-    with pytest.raises(store.JobError, match="base"):
+    with pytest.raises(JobError, match="base"):
         launch.start_job(data, base="yesterday", config=FAST)
     weights_file = weights / "base" / WEIGHTS_FILE
     weights_file.write_bytes(weights_file.read_bytes()[:-10])         # tampered base: never fine-tuned

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pneumo_core.errors import ModelLoadError
+from pneumo_core.errors import ModelLoadError, TrainingCancelled
 from pneumo_core.ingest.preprocess import to_batch
 from pneumo_core.ingest.read import read_xray
 from pneumo_core.model import cam_eval
@@ -21,7 +21,7 @@ from pneumo_core.model.explain import explain, target_layers
 from pneumo_core.model.network import CARD_FILE, Ensemble, build_densenet121, default_input_spec
 from pneumo_core.model.predict import Predictor
 from pneumo_core.model.store import load_model, save_ensemble, write_card
-from pneumo_core.model.train import TrainingCancelled, fit
+from pneumo_core.model.train import fit
 from pneumo_core.ops.registry import verify_version
 from pneumo_core.safety.features import forward_with_taps
 

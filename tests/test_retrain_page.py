@@ -22,11 +22,11 @@ from streamlit.testing.v1 import AppTest
 from test_jobs import worker_env
 
 from appkit.retrain_ui import DATA_KEY
+from pneumo_core.model.compare import compare_with_active
 from pneumo_core.model.config import SETTINGS
 from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
 from pneumo_core.ops import registry
 from pneumo_core.ops.jobs import store
-from pneumo_core.ops.jobs import worker as job_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -206,8 +206,8 @@ def finished_job(weights, tiny_model_dir, data, tmp_path) -> tuple[store.Job, di
 
     candidate = copy_model_version(tiny_model_dir, tmp_path, "cand-v")
     card = calibrate_model(candidate, data, n_boot=50)        # as a job does: on its own films, then compare
-    comparison = job_worker._compare(candidate, card, data, {"path": str(weights / "base"), "version": "base"}, 50,
-                                     "cpu")
+    comparison = compare_with_active(candidate, card, data, {"path": str(weights / "base"), "version": "base"},
+                                     n_boot=50, device="cpu")
     (candidate / "comparison.json").write_text(json.dumps(comparison))
     version = registry.add_version(candidate, weights)
     job_dir = weights / ".jobs" / "20990101-000000-aaaaaa"

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pneumo_core.errors import WeightsUnavailableError
+from pneumo_core.errors import TrainingCancelled, WeightsUnavailableError
 from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.metrics import SENSITIVITY_FLOOR
 from pneumo_core.model.network import CARD_FILE, WEIGHTS_FILE
 from pneumo_core.model.store import load_model
-from pneumo_core.model.train import TrainingCancelled, fit, lr_at
+from pneumo_core.model.train import fit, lr_at
 
 FAST = dict(epochs=1, batch_size=8, image_size=32, device="cpu", bf16=False, channels_last=False, workers=1,
             max_images=16)

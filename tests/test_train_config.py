@@ -12,10 +12,9 @@ import pytest
 
 from pneumo_core.cli.main import build_parser
 from pneumo_core.cli.train_flags import JOB_FLAGS, TRAIN_FLAGS, train_settings
-from pneumo_core.errors import PneumoError
-from pneumo_core.model.config import SETTINGS, SettingsError, TrainConfig
+from pneumo_core.errors import JobError, PneumoError, SettingsError
+from pneumo_core.model.config import SETTINGS, TrainConfig
 from pneumo_core.ops.jobs.settings import BASE_DEFAULTS, JOB_SETTINGS, check_config, default_config
-from pneumo_core.ops.jobs.store import JobError
 
 # The flags as the CLI has always spelled them (docs and scripts use them).
 TRAIN_FLAG_NAMES = {"--init", "--epochs", "--batch-size", "--lr", "--image-size", "--seed", "--device", "--augment",
@@ -125,9 +124,9 @@ def test_the_data_check_carves_the_validation_share_training_will_carve():
 
     from pneumo_core.ingest.datacheck import DatasetReport
     from pneumo_core.ingest.folders import LabelledFiles
-    from pneumo_core.model.train import _split_val
+    from pneumo_core.model.trainingdata import split_val
 
     report = DatasetReport(root=Path("."), counts={"train": {"NORMAL": 37, "PNEUMONIA": 81}})
     films = LabelledFiles(tuple(Path(f"{i}.png") for i in range(118)), np.array([0] * 37 + [1] * 81))
-    _, val = _split_val(films, TrainConfig().val_fraction, 0)
+    _, val = split_val(films, TrainConfig().val_fraction, 0)
     assert report.carved_val() == {"NORMAL": int((val.labels == 0).sum()), "PNEUMONIA": int((val.labels == 1).sum())}

@@ -5,12 +5,17 @@ on the server)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from pneumo_core.errors import AuditError, ThrottleError
+from pneumo_core.files import atomic_write_bytes
+from pneumo_core.ops.audit import audit_path, chain_status, event, events, record_many, to_csv
+from pneumo_core.ops.auth import read_new_password, set_admin_password
+from pneumo_core.ops.throttle import throttle_path, unlock
 
 EXIT_OK, EXIT_FAIL = 0, 1
 CLI_ROLE = "cli"
@@ -23,8 +28,6 @@ def cli_audit(action: str, result: str, **fields: Any) -> None:
 
 
 def cli_audit_many(action: str, items: Iterable[dict[str, Any]]) -> None:
-    from pneumo_core.ops.audit import event, record_many
-
     global _warned
     try:
         record_many([event(action, role=CLI_ROLE, actor=CLI_ROLE, session=f"cli:{os.getpid()}", **f) for f in items])
@@ -36,8 +39,6 @@ def cli_audit_many(action: str, items: Iterable[dict[str, Any]]) -> None:
 
 def file_sha256(path: str | Path) -> str | None:
     """sha256 of a file's bytes (what the audit log identifies a film by), None when it cannot be read."""
-    import hashlib
-
     try:
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -46,8 +47,6 @@ def file_sha256(path: str | Path) -> str | None:
 
 
 def cmd_set_admin_password(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.auth import read_new_password, set_admin_password
-
     path = set_admin_password(read_new_password(stdin=args.password_stdin), args.secrets)
     cli_audit("set_admin_password", "succeeded")
     print(f"Admin password hash (argon2id) written to {path}. Sessions signed in with the old password end.")
@@ -55,8 +54,6 @@ def cmd_set_admin_password(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock_sign_in(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.throttle import throttle_path, unlock
-
     try:
         n = unlock()
     except ThrottleError as exc:
@@ -69,9 +66,6 @@ def cmd_unlock_sign_in(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from pneumo_core.files import atomic_write_bytes
-    from pneumo_core.ops.audit import events, to_csv
-
     rows = events(since=args.since, until=args.until, actions=args.action or None, newest_first=False)
     data = to_csv(rows)
     if args.out == "-":
@@ -84,8 +78,6 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.audit import audit_path, chain_status
-
     n, broken, newest = chain_status()
     if broken is None:
         print(f"{audit_path().name}: keyed hash chain intact over {n} events; newest hash {newest} "
@@ -98,8 +90,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    from pneumo_core.ops.audit import events
-
     for e in reversed(events(limit=args.n)):
         prob = f"{e['probability']:.3f}" if e["probability"] is not None else "-"
         print(f"{e['time'][:23]}  {e['role']:7} {e['action']:18} {e['result']:10} {prob:6} "

@@ -110,9 +110,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pneumo_core.model.evaluation import calibrate_model
-    from pneumo_core.model.store import read_card
-    from pneumo_core.model.train import fit
+    # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
+    from pneumo_core.model.pipeline import train_version
 
     if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
         _err(f"--film-types: {args.film_types} is not a folder.")
@@ -124,19 +123,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"epoch {r.epoch}/{r.epochs}  loss={r.train_loss:.4f}  {metrics}  {r.images_per_s:.0f} img/s  "
               f"eta {r.eta_s:.0f}s{'  *' if r.best else ''}", flush=True)
 
-    result = fit(args.data, args.out, cfg, progress=progress, checkpoint_dir=args.checkpoint_dir,
-                 keep_snapshots=args.keep_snapshots)
-    if not args.no_calibrate:
-        calibrate_model(result.out_dir, args.data, n_boot=args.bootstrap, log=print)
+    card = train_version(args.data, args.out, cfg, progress=progress, log=lambda s: print(s, flush=True),
+                         calibrate=not args.no_calibrate, guard=not args.no_guard, film_types=args.film_types,
+                         n_boot=args.bootstrap, checkpoint_dir=args.checkpoint_dir,
+                         keep_snapshots=args.keep_snapshots)
     if not args.no_guard:
-        from pneumo_core.safety.fitting import fit_guard
-
-        print("fitting the out-of-distribution guard and the film-type check", flush=True)
-        info = fit_guard(result.out_dir, args.data, film_types=args.film_types, log=print)
-        film_type = read_card(result.out_dir).get("film_type") or {}
-        print(f"guard threshold {info['threshold']:.3f}; film-type check: "
+        film_type = card.get("film_type") or {}
+        print(f"guard threshold {card['ood']['threshold']:.3f}; film-type check: "
               + ("fitted" if film_type.get("fitted") else f"none ({film_type.get('why')})"), flush=True)
-    print(f"model written to {result.out_dir}")
+    print(f"model written to {Path(args.out)}")
     return EXIT_OK
 
 

@@ -139,7 +139,7 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_worker(args: argparse.Namespace) -> int:
-    # the whole training stack: only the worker process imports it
+    # torch-heavy (the whole training stack): only the worker process imports it
     from pneumo_core.ops.jobs.worker import run_worker
 
     return run_worker(args.job_dir)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Sequence
 
-from pneumo_core.model.config import SETTINGS, Setting, SettingsError, check_setting
+from pneumo_core.errors import SettingsError
+from pneumo_core.model.config import SETTINGS, Setting, check_setting
 
 # The settings each command offers, in the order its --help lists them.
 TRAIN_FLAGS = ("init", "epochs", "batch_size", "lr", "image_size", "seed", "device", "augment", "mixup_alpha",

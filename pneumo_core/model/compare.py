@@ -1,4 +1,5 @@
-"""Turning one training run into candidate models, and comparing them fairly on the same films.
+"""Turning one training run into candidate models, and comparing them fairly on the same films: candidates
+with each other, and a new version with the active one (``compare_with_active``, a job's comparison.json).
 
 A run with ``fit(..., checkpoint_dir=D, keep_snapshots=N)`` leaves the raw and
 EMA weights of its last N epochs in ``D/snapshots``. From those, at no extra
@@ -14,17 +15,23 @@ when the whole 95% interval of its AUC gain is above zero.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from pneumo_core.errors import ModelLoadError
+from pneumo_core.ingest.folders import discover_splits
 from pneumo_core.ingest.preprocess import normalise
-from pneumo_core.model.metrics import rank_auc, safe_auc
+from pneumo_core.model.evaluation import EVAL_DIR, FolderScores, evaluate_points, score_folder
+from pneumo_core.model.metrics import rank_auc, safe_auc, sigmoid, too_few_films
 from pneumo_core.model.network import Ensemble, build_densenet121
+from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import load_model
 
 SNAPSHOT = re.compile(r"epoch(\d{3})-(raw|ema)\.safetensors$")
 
@@ -116,8 +123,6 @@ def paired_verdict(y: np.ndarray, new: np.ndarray, active: np.ndarray, *, n_boot
     verdict, "better" or "worse" only when the whole 95% interval of the AUC difference is on one side of zero,
     and whether the films are enough to act on (``evaluate.too_few_films``). With fewer than two films of a
     class the AUCs are undefined: the verdict is None."""
-    from pneumo_core.model.metrics import too_few_films
-
     y = np.asarray(y).astype(int)
     n_normal, n_pneumonia = int((y == 0).sum()), int((y == 1).sum())
     out: dict[str, Any] = {"n_normal": n_normal, "n_pneumonia": n_pneumonia,
@@ -129,3 +134,56 @@ def paired_verdict(y: np.ndarray, new: np.ndarray, active: np.ndarray, *, n_boot
     result = paired_auc(y, new, active, n_boot=n_boot, seed=seed)
     lo, hi = result["ci95"]
     return {**out, **result, "verdict": "better" if lo > 0 else "worse" if hi < 0 else "not distinguishable"}
+
+
+def compare_with_active(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Mapping[str, Any] | None,
+                        *, n_boot: int, device: Any = "cpu",
+                        log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """The new model and the model it would replace, on the same films: metrics with 95% CIs per split and
+    operating point (each model at its own thresholds), and per split a paired comparison of their AUCs on
+    those films with a verdict (``paired_verdict``); ``decision_split`` names the split the verdict
+    to act on comes from (the first of test/, external/, val/ not used to fit the new model, if any).
+    ``baseline``: the active version (``{"path", "version"}``), or None when there is none."""
+    folders = {s: p for s, p in discover_splits(data).items() if s in ("val", "test", "external")}
+    candidate = {s: (card.get("metrics") or {}).get(s) or {} for s in folders}
+    out: dict[str, Any] = {
+        "candidate_version": card.get("version"),
+        "active_version": (baseline or {}).get("version"),
+        "splits": {s: {"candidate": candidate[s]} for s in folders},
+        "calibrated_on": (card.get("calibration") or {}).get("fitted_on"),
+        "note": f"The new model's temperature, thresholds and epoch were chosen on "
+                f"{(card.get('calibration') or {}).get('fitted_on', 'val/')}, so its numbers there are optimistic; "
+                f"the active model's thresholds come from its own calibration.",
+    }
+    if baseline and baseline.get("path"):
+        try:
+            predictor = Predictor(load_model(baseline["path"], device=device))
+        except ModelLoadError as exc:
+            out["active_error"] = str(exc)
+            return out
+        for split, folder in folders.items():
+            log(f"evaluating the active model on {split}/")
+            scores = score_folder(predictor, folder)
+            out["splits"][split]["active"] = evaluate_points(predictor, folder, n_boot=n_boot, scores=scores)
+            out["splits"][split]["paired"] = paired_on_split(model_dir, split, scores, predictor.temperature, n_boot)
+        fitted = str(out["calibrated_on"] or "").rstrip("/")
+        order = sorted(folders, key=lambda s: (s == fitted, ("test", "external", "val").index(s)))
+        out["decision_split"] = order[0] if order else None
+    return out
+
+
+def paired_on_split(model_dir: Path, split: str, active: FolderScores, temperature: float,
+                    n_boot: int) -> dict[str, Any]:
+    """The new model's saved per-film probabilities on ``split`` (from its calibration on the same data)
+    against the active model's ``active`` scores, film by film (matched by class and file name)."""
+    try:
+        saved = json.loads((model_dir / EVAL_DIR / f"{split}.json").read_text())["scores"]
+        new = {(f, int(y)): float(p) for f, y, p in zip(saved["file"], saved["label"], saved["probability"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"verdict": None, "error": f"the new model's per-film scores on {split}/ are missing"}
+    keys = list(zip(active.files, active.labels.tolist()))
+    if set(keys) != set(new) or len(keys) != len(new):
+        return {"verdict": None, "error": f"the two models were not scored on the same films of {split}/"}
+    y = np.asarray(active.labels, int)
+    return paired_verdict(y, np.array([new[k] for k in keys]), sigmoid(active.logits / temperature),
+                          n_boot=max(n_boot, 200))

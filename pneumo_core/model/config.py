@@ -13,12 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pneumo_core.errors import PneumoError
-
-
-class SettingsError(PneumoError, ValueError):
-    """A training setting of the wrong type or outside its allowed values; the message names it and says what
-    it allows."""
+from pneumo_core.errors import SettingsError
 
 
 @dataclass(frozen=True)

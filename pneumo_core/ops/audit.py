@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pneumo_core.errors import AuditError, IntegrityKeyError
-from pneumo_core.files import utc_now
+from pneumo_core.files import CHECKOUT, utc_now
 from pneumo_core.ops import db
 from pneumo_core.ops.csvcell import LINE_END, safe_cell
 from pneumo_core.ops.integrity import derived_key, key_path
 
-ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("id", "time", "role", "actor", "session", "action", "model_version", "input_sha256", "result",
            "probability", "operating_point", "threshold", "detail", "prev_hash", "hash")
 _HASHED = COLUMNS[1:13]          # the fields the chain covers
@@ -68,7 +67,7 @@ CREATE INDEX IF NOT EXISTS events_action ON events (action);
 
 def audit_path() -> Path:
     """``$PNEUMO_AUDIT_DB`` or ``var/audit.sqlite3`` beside the package."""
-    return Path(os.environ.get("PNEUMO_AUDIT_DB") or ROOT / "var" / "audit.sqlite3")
+    return Path(os.environ.get("PNEUMO_AUDIT_DB") or CHECKOUT / "var" / "audit.sqlite3")
 
 
 def _connect(path: Path | None) -> sqlite3.Connection:

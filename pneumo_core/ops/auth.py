@@ -30,20 +30,19 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from pneumo_core.errors import AuthError
-from pneumo_core.files import atomic_write_bytes
+from pneumo_core.files import CHECKOUT, atomic_write_bytes
 
 VIEWER, ADMIN = "viewer", "admin"
 SECTION = "pneumo"
 HASH_KEY = "admin_password_hash"
 ADMIN_EMAILS_KEY = "admin_emails"
 MIN_PASSWORD_CHARS = 12
-ROOT = Path(__file__).resolve().parent.parent
 
 
 
 def secrets_path() -> Path:
     """``$PNEUMO_SECRETS`` or ``.streamlit/secrets.toml`` beside app.py (where ``streamlit run`` reads it)."""
-    return Path(os.environ.get("PNEUMO_SECRETS") or ROOT / ".streamlit" / "secrets.toml")
+    return Path(os.environ.get("PNEUMO_SECRETS") or CHECKOUT / ".streamlit" / "secrets.toml")
 
 
 def read_secrets(path: str | Path | None = None) -> dict[str, Any]:

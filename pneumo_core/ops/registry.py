@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from filelock import FileLock
 
 from pneumo_core.errors import ModelLoadError, RegistryError
-from pneumo_core.files import atomic_write_bytes, atomic_write_json, utc_now
+from pneumo_core.files import CHECKOUT, atomic_write_bytes, atomic_write_json, utc_now
 from pneumo_core.model.network import CARD_FILE
 from pneumo_core.model.store import check_weight_files, read_card, weight_files, write_card
 from pneumo_core.ops.integrity import check_card
@@ -38,7 +38,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 def weights_root() -> Path:
     """``$PNEUMO_WEIGHTS_DIR`` or the ``weights/`` folder beside the package."""
     env = os.environ.get("PNEUMO_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    return Path(env) if env else CHECKOUT / "weights"
 
 
 def _root(root: str | Path | None) -> Path:

@@ -36,16 +36,16 @@ from typing import Callable
 
 from pneumo_core.env import env_number
 from pneumo_core.errors import ThrottleError
+from pneumo_core.files import CHECKOUT
 from pneumo_core.ops import db
 
-ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "CREATE TABLE IF NOT EXISTS failures (client TEXT PRIMARY KEY, count INTEGER NOT NULL, last REAL NOT NULL)"
 
 
 
 def throttle_path() -> Path:
     """``$PNEUMO_SIGNIN_DB`` or ``var/sign_in.sqlite3`` beside the package."""
-    return Path(os.environ.get("PNEUMO_SIGNIN_DB") or ROOT / "var" / "sign_in.sqlite3")
+    return Path(os.environ.get("PNEUMO_SIGNIN_DB") or CHECKOUT / "var" / "sign_in.sqlite3")
 
 
 @dataclass(frozen=True)

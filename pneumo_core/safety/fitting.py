@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from pneumo_core.errors import UnreadableImageError
+from pneumo_core.files import CHECKOUT
 from pneumo_core.ingest.folders import LabelledFiles, discover_splits, list_labelled, load_images
 from pneumo_core.ingest.preprocess import resize
 from pneumo_core.ingest.read import XrayImage, read_xray
 from pneumo_core.model.augment import AugmentConfig, augment
-from pneumo_core.model.store import read_card, write_card
 from pneumo_core.model.predict import Predictor
+from pneumo_core.model.store import read_card, write_card
 from pneumo_core.safety import filmtype, filmtype_fit
 from pneumo_core.safety.features import LAYOUT, TAPS, layout, unit
 from pneumo_core.safety.filmtype_fit import (
@@ -40,7 +41,7 @@ from pneumo_core.safety.negatives import builtin_negatives
 
 Log = Callable[[str], None]
 FILM_TYPES_ENV = "PNEUMO_FILM_TYPES"
-SHARED_FILM_TYPES = Path(__file__).resolve().parents[3] / "shared" / "data" / "film_types"
+SHARED_FILM_TYPES = CHECKOUT.parent / "shared" / "data" / "film_types"
 NO_FILM_TYPES = ("no film_types/ folder was given to fitting: this version cannot tell adult, lateral or other films "
                  "from the children's frontal films it was validated on; only the out-of-distribution guard screens "
                  "uploads")

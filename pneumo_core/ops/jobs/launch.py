@@ -12,10 +12,9 @@ from typing import Any, Mapping
 
 from filelock import FileLock, Timeout
 
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.files import atomic_write_json
+from pneumo_core.errors import DatasetError, JobBusyError, JobError, ModelLoadError
+from pneumo_core.files import CHECKOUT, atomic_write_json
 from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
-from pneumo_core.errors import DatasetError
 from pneumo_core.model.store import read_card
 from pneumo_core.ops.jobs.estimate import compared_size, device_kind, estimate_phases
 from pneumo_core.ops.jobs.settings import check_config, default_config
@@ -26,8 +25,6 @@ from pneumo_core.ops.jobs.store import (
     TRAIN_LOCK,
     UNCHANGED,
     Job,
-    JobBusyError,
-    JobError,
     jobs_root,
     launch_lock,
     load_job,
@@ -41,7 +38,7 @@ from pneumo_core.ops.jobs.store import (
 from pneumo_core.ops.registry import active_model_dir, verify_version, weights_root
 
 BASES = ("active", "imagenet", "scratch")
-PACKAGE_PARENT = Path(__file__).resolve().parents[3]      # the worker runs ``python -m pneumo_core`` from here
+PACKAGE_PARENT = CHECKOUT                # the worker runs ``python -m pneumo_core`` from here
 
 
 def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str, Any] | None = None,

@@ -7,10 +7,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from pneumo_core.errors import ModelLoadError
-from pneumo_core.model.config import SettingsError, TrainConfig
+from pneumo_core.errors import JobError, ModelLoadError, SettingsError
+from pneumo_core.model.config import TrainConfig
 from pneumo_core.model.store import read_card
-from pneumo_core.ops.jobs.store import JobError
 from pneumo_core.ops.registry import active_model_dir
 
 # Not the request's to choose: ``init`` follows from the job's base; ``threads`` stays torch's choice in a

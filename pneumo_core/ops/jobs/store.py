@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import psutil
 from filelock import FileLock
 
-from pneumo_core.errors import PneumoError
+from pneumo_core.errors import JobError
 from pneumo_core.files import atomic_write_json
 from pneumo_core.ingest.archives import remove_tree
 from pneumo_core.ops.registry import weights_root
@@ -49,14 +49,6 @@ PHASES = (("preparing", "starting and decoding the films"), ("training", "traini
           ("guard", "fitting the out-of-distribution guard and the film-type check"),
           ("comparing", "comparing with the active model on the same films"))
 _CHILDREN: dict[str, subprocess.Popen] = {}      # workers this process started (reaped when polled)
-
-
-class JobError(PneumoError, RuntimeError):
-    """A job that cannot be started or found; the message says why."""
-
-
-class JobBusyError(JobError):
-    """Another training job is running (one at a time)."""
 
 
 def jobs_root(root: str | Path | None = None) -> Path:
@@ -298,5 +290,5 @@ def remove_temp(job_dir: Path) -> None:
     """Remove a job's temporary data (its log and records stay)."""
     for name in TEMP_DIRS:
         remove_tree(job_dir / name)
-    for partial in job_dir.glob(".model.partial-*"):            # fit()'s staging, if killed mid-save
+    for partial in job_dir.glob("*.model.partial-*"):           # the version's staging (and fit()'s inside it)
         remove_tree(partial)

@@ -13,37 +13,27 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from pneumo_core.errors import ModelLoadError, PneumoError
+from pneumo_core.errors import AuditError, JobError, PneumoError, TrainingCancelled
 from pneumo_core.files import atomic_write_json
-from pneumo_core.ingest.folders import discover_splits, list_labelled
-from pneumo_core.model.compare import paired_verdict
 from pneumo_core.model.config import TrainConfig
-from pneumo_core.model.evaluation import EVAL_DIR, calibrate_model, evaluate_points, score_folder
-from pneumo_core.model.metrics import sigmoid
-from pneumo_core.model.network import LABELS
-from pneumo_core.model.store import load_model
-from pneumo_core.model.predict import Predictor
-from pneumo_core.model.train import TrainingCancelled, _device_name, _split_val, fit, pick_device
+from pneumo_core.model.pipeline import train_version
+from pneumo_core.model.train import _device_name, pick_device
 from pneumo_core.ops.audit import record
-from pneumo_core.errors import AuditError
 from pneumo_core.ops.jobs.store import (
     CANCEL,
     SPEC,
     STATE,
     TRAIN_LOCK,
     UNCHANGED,
-    JobError,
     now_iso,
     phase_fields,
     read_json,
     remove_temp,
 )
 from pneumo_core.ops.registry import add_version, verify_version
-from pneumo_core.safety.fitting import film_types_folder, fit_guard
 
 WORKER_NICE = 5              # training yields the CPU to people using the app ($PNEUMO_JOB_NICE overrides)
 
@@ -210,14 +200,14 @@ def _config(spec: Mapping[str, Any], state: dict, save) -> tuple[TrainConfig, to
 
 
 def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> str:
-    cfg, device = _config(spec, state, save)
+    """Make the version the one way (``model.pipeline.train_version``), recording each phase, step and epoch in
+    state.json, then register it. A cancel is honoured up to the moment the version is registered."""
+    cfg, _ = _config(spec, state, save)
     base = spec["base"]
-    data = Path(spec["data_dir"])
-    splits = switch.run(discover_splits, data)
-    if "val" not in splits:
-        data = _view_with_val(data, job_dir / "view", cfg)
 
     def enter(key: str) -> None:
+        if key == state.get("phase_key"):                 # "preparing" was recorded when the job started
+            return
         now = time.time()
         _close_phase(state, now)
         save(**phase_fields(key, now), eta_s=None)
@@ -235,91 +225,13 @@ def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _Ca
         save(history=state.get("history", []) + [row], eta_s=r.eta_s, phase_fraction=r.epoch / r.epochs,
              phase_step=f"epoch {r.epoch} of {r.epochs}")
 
-    save(phase_step="decoding the films")
     model_dir = job_dir / "model"
-    switch.run(fit, data, model_dir, cfg, progress=progress, should_stop=switch.should_stop,
-               on_decoded=lambda: enter("training"))
-    enter("calibrating")
-    step("calibrating and evaluating the new model")
-    n_boot = int(spec.get("bootstrap", 1000))
-    card = switch.run(calibrate_model, model_dir, data, n_boot=n_boot, log=step, device=device)
-    # a new version screens its inputs like the shipped one: the guard, and the film-type check when the
-    # film_types/ folder is found (beside the data, or $PNEUMO_FILM_TYPES); else its card says it has none
-    enter("guard")
-    step("fitting the out-of-distribution guard and the film-type check")
-    switch.run(fit_guard, model_dir, data, film_types=film_types_folder(Path(spec["data_dir"])), log=step)
-    enter("comparing")
     compare = base if base["kind"] == "active" else base.get("compare_with")
-    comparison = switch.run(_compare, model_dir, card, data, compare, n_boot, device)
-    atomic_write_json(model_dir / "comparison.json", comparison)
+    switch.run(train_version, Path(spec["data_dir"]), model_dir, cfg, progress=progress,
+               should_stop=switch.should_stop, on_phase=enter, log=step, n_boot=int(spec.get("bootstrap", 1000)),
+               view_dir=job_dir / "view", compare_with=compare or {})
     switch.check()                                        # last point at which a cancel is honoured
     save(phase_step="saving the new version")
     version = add_version(model_dir, spec["weights_root"])
     save(version=version)
     return version
-
-
-def _view_with_val(data: Path, view: Path, cfg) -> Path:
-    """Data without val/: a folder of links with a stratified validation split carved from train/
-    (the same split fit() would make), so calibration and evaluation have a val/ to use."""
-    splits = discover_splits(data)
-    train, val = _split_val(list_labelled(splits["train"]), cfg.val_fraction, cfg.seed)
-    for name, lf in (("train", train), ("val", val)):
-        for label in LABELS:
-            (view / name / label).mkdir(parents=True, exist_ok=True)
-        for f, y in zip(lf.files, lf.labels.tolist()):
-            os.symlink(f.resolve(), view / name / LABELS[y] / f.name)
-    for name in ("test", "external"):
-        if name in splits:
-            os.symlink(splits[name].resolve(), view / name, target_is_directory=True)
-    return view
-
-
-def _compare(model_dir: Path, card: Mapping[str, Any], data: Path, baseline: Mapping[str, Any] | None,
-             n_boot: int, device) -> dict[str, Any]:
-    """The new model and the model it would replace, on the same films: metrics with 95% CIs per split and
-    operating point (each model at its own thresholds), and per split a paired comparison of their AUCs on
-    those films with a verdict (``compare.paired_verdict``); ``decision_split`` names the split the verdict
-    to act on comes from (the first of test/, external/, val/ not used to fit the new model, if any)."""
-    folders = {s: p for s, p in discover_splits(data).items() if s in ("val", "test", "external")}
-    candidate = {s: (card.get("metrics") or {}).get(s) or {} for s in folders}
-    out: dict[str, Any] = {
-        "candidate_version": card.get("version"),
-        "active_version": (baseline or {}).get("version"),
-        "splits": {s: {"candidate": candidate[s]} for s in folders},
-        "calibrated_on": (card.get("calibration") or {}).get("fitted_on"),
-        "note": f"The new model's temperature, thresholds and epoch were chosen on "
-                f"{(card.get('calibration') or {}).get('fitted_on', 'val/')}, so its numbers there are optimistic; "
-                f"the active model's thresholds come from its own calibration.",
-    }
-    if baseline and baseline.get("path"):
-        try:
-            predictor = Predictor(load_model(baseline["path"], device=device))
-        except ModelLoadError as exc:
-            out["active_error"] = str(exc)
-            return out
-        for split, folder in folders.items():
-            _log(f"evaluating the active model on {split}/")
-            scores = score_folder(predictor, folder)
-            out["splits"][split]["active"] = evaluate_points(predictor, folder, n_boot=n_boot, scores=scores)
-            out["splits"][split]["paired"] = _paired(model_dir, split, scores, predictor.temperature, n_boot)
-        fitted = str(out["calibrated_on"] or "").rstrip("/")
-        order = sorted(folders, key=lambda s: (s == fitted, ("test", "external", "val").index(s)))
-        out["decision_split"] = order[0] if order else None
-    return out
-
-
-def _paired(model_dir: Path, split: str, active, temperature: float, n_boot: int) -> dict[str, Any]:
-    """The new model's saved per-film probabilities on ``split`` (from its calibration on the same data)
-    against the active model's ``active`` scores, film by film (matched by class and file name)."""
-    try:
-        saved = read_json(model_dir / EVAL_DIR / f"{split}.json")["scores"]
-        new = {(f, int(y)): float(p) for f, y, p in zip(saved["file"], saved["label"], saved["probability"])}
-    except (KeyError, TypeError):
-        return {"verdict": None, "error": f"the new model's per-film scores on {split}/ are missing"}
-    keys = list(zip(active.files, active.labels.tolist()))
-    if set(keys) != set(new) or len(keys) != len(new):
-        return {"verdict": None, "error": f"the two models were not scored on the same films of {split}/"}
-    y = np.asarray(active.labels, int)
-    return paired_verdict(y, np.array([new[k] for k in keys]), sigmoid(active.logits / temperature),
-                          n_boot=max(n_boot, 200))
