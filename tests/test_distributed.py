@@ -18,8 +18,12 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from test_jobs import SLOW, data, registry_snapshot, wait_for, weights  # noqa: F401 - fixtures
+
 from pneumo_core.cli.main import without_nproc
 from pneumo_core.model.distributed import World, shard, torchrun_command
+from pneumo_core.ops import audit
+from pneumo_core.ops.jobs import launch, store
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two processes of one thread each, no augmentation or mixup (they draw per rank), EMA on.
@@ -177,3 +181,36 @@ def test_a_cancel_stops_every_rank(synthetic_data, tmp_path):
     gone, alive = psutil.wait_procs(list(ranks.values()), timeout=10)
     assert not alive
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _job_ranks(job) -> dict[int, psutil.Process]:
+    """The ranks of a job's worker (torchrun, whose pid worker.json records)."""
+    pid = json.loads((job.dir / store.WORKER).read_text())["pid"]
+    return {int(p.environ()["RANK"]): p for p in psutil.Process(pid).children(recursive=True) if "RANK" in p.environ()}
+
+
+def test_a_job_whose_rank_dies_fails_cleanly_and_leaves_the_registry_untouched(weights, data):
+    before = registry_snapshot(weights)
+    job = launch.start_job(data, base="active", config=SLOW, bootstrap=50, nproc=2)
+    assert job.spec["nproc"] == 2
+    ranks: dict[int, psutil.Process] = {}
+    try:
+        wait_for(job.id, lambda j: len(j.history) >= 1)
+        ranks.update(_job_ranks(job))
+        assert sorted(ranks) == [0, 1]
+        agent = psutil.Process(json.loads((job.dir / store.WORKER).read_text())["pid"])
+        ranks[1].kill()
+        job = wait_for(job.id, lambda j: j.finished, timeout=120)
+        agent.wait(timeout=60)                  # torchrun writes its report once rank 0 has ended
+    finally:
+        for p in ranks.values():                # torchrun starts each rank in a session of its own
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert job.status == "failed" and "unchanged" in job.message, job.message
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", job.log_path.read_text()), job.log_tail()
+    assert registry_snapshot(weights) == before
+    assert not any((job.dir / d).exists() for d in store.TEMP_DIRS)
+    assert [e["result"] for e in audit.events(actions=["training_finished"])] == ["failed"]   # rank 0's, once
+

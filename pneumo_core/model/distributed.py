@@ -84,7 +84,8 @@ def join_world(device_type: str) -> World:
         if device_type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend, timeout=_TIMEOUT)
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:     # a job's worker has its own cancel handler
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
         _stop_with_parent()
     return World(rank, size, local, backend)
 
@@ -219,6 +220,11 @@ def any_rank(flag: bool, world: World) -> bool:
     t = torch.tensor([int(flag)], device="cuda" if world.backend == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def world_size_from_env() -> int:
+    """How many processes torchrun started (1 without torchrun), before the process group is joined."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
