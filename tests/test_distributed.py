@@ -21,7 +21,8 @@ from torch.utils.data import DistributedSampler
 from test_jobs import SLOW, data, registry_snapshot, wait_for, weights  # noqa: F401 - fixtures
 
 from pneumo_core.cli.main import without_nproc
-from pneumo_core.model.distributed import World, shard, torchrun_command
+from pneumo_core.errors import SettingsError
+from pneumo_core.model.distributed import World, check_world, shard, torchrun_command
 from pneumo_core.ops import audit
 from pneumo_core.ops.jobs import launch, store
 
@@ -86,6 +87,15 @@ def test_a_rank_takes_the_shard_distributed_sampler_would_give_it():
     assert torch.equal(shard(order, World()), order)
 
 
+def test_a_batch_that_does_not_split_and_sync_bn_on_cpu_are_refused_before_any_work():
+    cpu = torch.device("cpu")
+    with pytest.raises(SettingsError, match="multiple of the number of processes"):
+        check_world(World(0, 2), 9, cpu, False)
+    with pytest.raises(SettingsError, match="SyncBatchNorm needs GPUs"):
+        check_world(World(1, 2), 8, cpu, True)
+    check_world(World(), 9, cpu, True)                # one process: nothing to split, nothing to synchronise
+
+
 def test_nproc_is_taken_off_the_command_torchrun_runs():
     argv = ["train", "--data", "d", "--nproc", "2", "--out", "o", "--nproc=3", "--epochs", "1"]
     assert without_nproc(argv) == ["train", "--data", "d", "--out", "o", "--epochs", "1"]
@@ -116,6 +126,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(synthetic_data,
     one = _fit(1, synthetic_data, tmp_path / "one", tmp_path / "r1", env=group)[0]["history"]
     assert [h["train_loss"] for h in two] == pytest.approx([h["train_loss"] for h in one], rel=1e-4, abs=1e-5)
     assert [h["val_auc"] for h in two] == pytest.approx([h["val_auc"] for h in one], abs=0.02)
+
+
+def test_a_run_stopped_in_one_process_resumes_in_two(synthetic_data, tmp_path):
+    ck = tmp_path / "ck"
+    res = _run([sys.executable, str(ROOT / "tests" / "ddp_fit.py"), str(synthetic_data), str(tmp_path / "m"),
+                str(tmp_path), json.dumps(DDP_FAST), str(ck)], DDP_FIT_STOP_AFTER="1")
+    assert res.returncode == 0 and not (tmp_path / "m").exists(), res.stdout[-3000:]
+    first = torch.load(ck / "last.pt", weights_only=False)
+    assert (first["epoch"], first["world_size"]) == (1, 1)
+    ranks = _fit(2, synthetic_data, tmp_path / "m", tmp_path / "r", ckpt=ck)
+    assert [h["epoch"] for h in ranks[0]["history"]] == [1, 2]
+    assert ranks[0]["history"][0] == first["history"][0]               # epoch 1 as the single process left it
+    assert all(torch.equal(ranks[0]["selected"][k], ranks[1]["selected"][k]) for k in ranks[0]["selected"])
+    assert ranks[0]["card"]["training"]["processes"]["world_size"] == 2
+    assert torch.load(ck / "last.pt", weights_only=False)["world_size"] == 2
 
 
 def test_only_rank_0_writes_and_the_card_says_how_it_was_trained(two_ranks):

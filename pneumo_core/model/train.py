@@ -11,7 +11,8 @@ An epoch reads top to bottom in ``fit``: ``train_one_epoch`` (the steps), ``eval
 and averaged weights on every held-out split), ``select`` (keep the best so far), a checkpoint, a progress
 report. Then ``card_for`` describes the chosen weights. The run's state (``Run``) and its checkpoints are
 in ``model.checkpoints``. A complete version (calibrated, with its guard) is made by
-``model.pipeline.train_version``.
+``model.pipeline.train_version``. Several processes (torchrun, DistributedDataParallel) are
+``model.distributed``'s part.
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     also keeps the raw and EMA weights of the last that many epochs there (``snapshots/``), for weight
     averaging and snapshot ensembles.
     ``on_decoded`` is called once the films are decoded, before the first epoch (a job's phases).
+    Under torchrun (``model.distributed``) every rank calls ``fit``: ``cfg.batch_size`` is the global batch,
+    split across the ranks; only rank 0 reports progress, checkpoints and writes ``out_dir``, and the other
+    ranks return a result with an empty card (and the same selected weights).
     """
     out_dir = check_out_dir(out_dir)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
