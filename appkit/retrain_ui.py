@@ -20,7 +20,7 @@ from pneumo_core.errors import DatasetError, ModelLoadError, PneumoError, Settin
 from pneumo_core.ingest.archives import extract_zip
 from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
 from pneumo_core.ingest.folders import discover_splits, list_labelled
-from pneumo_core.model.config import SETTINGS, check_setting
+from pneumo_core.model.config import SETTINGS, check_setting, setting
 from pneumo_core.model.network import LABELS, imagenet_weights_path
 from pneumo_core.model.store import read_card
 from pneumo_core.ops import registry
@@ -293,6 +293,7 @@ def settings_ui(report: DatasetReport) -> tuple[str, dict[str, Any]]:
               "augment": augment, "mixup_alpha": float(mixup), "max_images": int(cap) or None, "seed": int(seed),
               "device": device}
     seconds, basis = estimate_seconds(report, config, device)
+    config.update(_gpus_ui(device, int(batch)))
     text = f"**Estimated time: about {fmt_duration(seconds)}** on the {'GPU' if device == 'cuda' else 'CPU'} " \
            f"(from {basis}; the real pace shows after the first epoch)."
     (st.warning if seconds > 2 * 3600 else st.info)(
@@ -344,20 +345,49 @@ def _device_ui() -> str:
                     format_func=lambda d: f"GPU ({gpu})" if d == "cuda" else "CPU")
 
 
+@st.cache_resource(show_spinner=False)
+def _gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _gpus_ui(device: str, batch: int) -> dict[str, Any]:
+    """On a server with more than one GPU: how many to train on (one process each, under torchrun) and whether
+    BatchNorm sees the whole global batch (SyncBatchNorm). Nothing to choose elsewhere."""
+    count = _gpu_count()
+    if device != "cuda" or count < 2:
+        return {}
+    lo, hi = _bounds_launch("nproc")
+    nproc = st.number_input("GPUs", lo, min(hi, count), count, key="retrain_nproc",
+                            help="Processes under torchrun, one per GPU (DistributedDataParallel). The batch size "
+                                 "is the global batch, shared between them, so it must divide evenly.")
+    sync_bn = st.checkbox("SyncBatchNorm", False, key="retrain_sync_bn", disabled=nproc < 2,
+                          help=SETTINGS["sync_bn"].rule.help)
+    if batch % nproc:
+        st.warning(f"A batch of {batch} films does not split evenly over {nproc} GPUs; the job will refuse it.")
+    return {"nproc": int(nproc), "sync_bn": bool(sync_bn and nproc > 1)}
+
+
+def _bounds_launch(name: str) -> tuple[int, int]:
+    lo, hi = setting(name).bounds()
+    return int(lo), int(hi)
+
+
 def _start(data: dict, base: str, config: dict) -> None:
     if refused := require_admin_action("start_training"):
         flash(f"**The job was not started.** {refused}", error=True)
         return
+    config = dict(config)
+    nproc = int(config.pop("nproc", 1))                 # how many processes run the job, not a training setting
     try:
         job = start_job(data["report"].root, base=base, config=config, report=data["report"],
-                             upload_dir=data["upload_dir"])
+                        upload_dir=data["upload_dir"], nproc=nproc)
     except (PneumoError, OSError) as exc:        # OSError: the jobs folder is not writable, a lock timed out
         audit_event("start_training", "failed", model_version=_active_version(), detail=type(exc).__name__)
         flash(f"**The job was not started.** {exc}", error=True)
         return
     audit_event("start_training", "succeeded", model_version=_active_version(),
-                detail=f"job {job.id}; base {base}; {config['epochs']} epochs at {config['image_size']} px; "
-                       f"{data['report'].total} films")
+                detail=f"job {job.id}; base {base}; {nproc} process(es); {config['epochs']} epochs at "
+                       f"{config['image_size']} px; {data['report'].total} films")
     st.session_state.pop(DATA_KEY, None)            # an uploaded archive now belongs to the job
     flash(f"Training job {job.id} started. It runs on the server: you can leave this page and come back.")
 

@@ -13,13 +13,14 @@ import pytest
 from pneumo_core.cli.main import build_parser
 from pneumo_core.cli.train_flags import JOB_FLAGS, TRAIN_FLAGS, train_settings
 from pneumo_core.errors import JobError, PneumoError, SettingsError
-from pneumo_core.model.config import SETTINGS, TrainConfig
+from pneumo_core.model.config import LAUNCH_SETTINGS, SETTINGS, TrainConfig
 from pneumo_core.ops.jobs.settings import BASE_DEFAULTS, JOB_SETTINGS, check_config, default_config
 
 # The flags as the CLI has always spelled them (docs and scripts use them).
 TRAIN_FLAG_NAMES = {"--init", "--epochs", "--batch-size", "--lr", "--image-size", "--seed", "--device", "--augment",
-                    "--mixup", "--max-images", "--compile", "--threads", "--ema-decay"}
-JOB_FLAG_NAMES = {"--epochs", "--batch-size", "--lr", "--image-size", "--device", "--max-images", "--seed"}
+                    "--mixup", "--max-images", "--compile", "--threads", "--ema-decay", "--sync-bn"}
+JOB_FLAG_NAMES = {"--epochs", "--batch-size", "--lr", "--image-size", "--device", "--max-images", "--seed",
+                  "--sync-bn"}
 
 
 def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
@@ -130,3 +131,14 @@ def test_the_data_check_carves_the_validation_share_training_will_carve():
     films = LabelledFiles(tuple(Path(f"{i}.png") for i in range(118)), np.array([0] * 37 + [1] * 81))
     _, val = split_val(films, TrainConfig().val_fraction, 0)
     assert report.carved_val() == {"NORMAL": int((val.labels == 0).sum()), "PNEUMONIA": int((val.labels == 1).sum())}
+
+
+def test_nproc_is_a_launch_flag_with_its_range_not_a_field(capsys):
+    assert "nproc" not in SETTINGS and LAUNCH_SETTINGS["nproc"].bounds() == (1, 64)
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--nproc", "2", "--sync-bn"])
+    assert args.nproc == 2 and TrainConfig(**train_settings(args, TRAIN_FLAGS)).sync_bn is True
+    assert parser.parse_args(["train", "--data", "d", "--out", "o"]).nproc is None       # one process
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--nproc", "0"])
+    assert exited.value.code == 2 and "from 1 to 64" in capsys.readouterr().err

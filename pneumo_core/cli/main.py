@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from pneumo_core.cli.admin import add_trust_commands, cli_audit, cli_audit_many, file_sha256
 from pneumo_core.cli.models import add_registry_commands
-from pneumo_core.cli.train_flags import TRAIN_FLAGS, add_train_flags, train_settings
+from pneumo_core.cli.train_flags import LAUNCH_FLAGS, TRAIN_FLAGS, add_train_flags, train_settings
 from pneumo_core.errors import ModelLoadError, PneumoError
 from pneumo_core.files import atomic_write_bytes, atomic_write_json
 from pneumo_core.ingest.read import read_xray
@@ -109,14 +110,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """The command line less its ``--nproc N`` (what each process torchrun starts runs)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     # torch-heavy: imported when the command runs, so --help and the admin commands stay fast
+    from pneumo_core.model.distributed import launched_by_torchrun, torchrun_command
     from pneumo_core.model.pipeline import train_version
 
     if args.film_types is not None and not args.film_types.is_dir():     # before hours of training, not after
         _err(f"--film-types: {args.film_types} is not a folder.")
         return EXIT_USAGE
     cfg = TrainConfig(**train_settings(args, TRAIN_FLAGS))     # flags given; TrainConfig's defaults for the rest
+    if (args.nproc or 1) > 1 and not launched_by_torchrun():
+        # torchrun takes this process's place: a cancel (SIGTERM, Ctrl-C) reaches it, and it stops every rank
+        cmd = torchrun_command(args.nproc, without_nproc(args.argv))
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd)
 
     def progress(r) -> None:
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in r.metrics.items())
@@ -127,6 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          calibrate=not args.no_calibrate, guard=not args.no_guard, film_types=args.film_types,
                          n_boot=args.bootstrap, checkpoint_dir=args.checkpoint_dir,
                          keep_snapshots=args.keep_snapshots)
+    if not card:                                   # a rank other than 0 under torchrun: rank 0 writes the version
+        return EXIT_OK
     if not args.no_guard:
         film_type = card.get("film_type") or {}
         print(f"guard threshold {card['ood']['threshold']:.3f}; film-type check: "
@@ -288,7 +310,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a new model version (then calibrate it)")
     p.add_argument("--data", required=True, help="folder with train/ [val/ test/ external/] or NORMAL/ + PNEUMONIA/")
     p.add_argument("--out", required=True, help="new model folder (must not exist)")
-    add_train_flags(p, TRAIN_FLAGS, show_defaults=True)
+    add_train_flags(p, TRAIN_FLAGS + LAUNCH_FLAGS, show_defaults=True)
     p.add_argument("--checkpoint-dir", help="save the training state here every epoch; resume from it if present")
     p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
                    help="with --checkpoint-dir, also keep the weights of the last N epochs")
@@ -346,7 +368,9 @@ def _add_cam_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)       # exits 2 on bad usage
+    args.argv = argv                             # ``train --nproc N`` hands it to torchrun
     try:
         return args.func(args)
     except ModelLoadError as exc:

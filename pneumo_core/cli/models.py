@@ -8,7 +8,7 @@ import json
 import time
 
 from pneumo_core.cli.admin import cli_audit
-from pneumo_core.cli.train_flags import JOB_FLAGS, add_train_flags, train_settings
+from pneumo_core.cli.train_flags import JOB_FLAGS, LAUNCH_FLAGS, add_train_flags, train_settings
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
@@ -111,8 +111,9 @@ def cmd_jobs_start(args: argparse.Namespace) -> int:
     from pneumo_core.ops.jobs.launch import start_job
     from pneumo_core.ops.jobs.store import get_job
 
-    job = start_job(args.data, base=args.base, config=train_settings(args, JOB_FLAGS), bootstrap=args.bootstrap)
-    cli_audit("start_training", "succeeded", detail=f"job {job.id}; base {args.base}")
+    job = start_job(args.data, base=args.base, config=train_settings(args, JOB_FLAGS), bootstrap=args.bootstrap,
+                    nproc=args.nproc or 1)
+    cli_audit("start_training", "succeeded", detail=f"job {job.id}; base {args.base}; {args.nproc or 1} process(es)")
     print(f"started job {job.id} (log: {job.log_path})", flush=True)
     if not args.wait:
         return EXIT_OK
@@ -176,6 +177,7 @@ def _add_jobs(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--base", choices=["active", "imagenet", "scratch"], default="active",
                    help="fine-tune the active model (default), or start from ImageNet weights or from scratch")
     add_train_flags(q, JOB_FLAGS, show_defaults=False)      # defaults: the job's, for its base
+    add_train_flags(q, LAUNCH_FLAGS, show_defaults=True)    # --nproc (1: the worker is one process)
     q.add_argument("--bootstrap", type=int, default=1000)
     q.add_argument("--wait", action="store_true", help="follow the job until it ends")
     q.set_defaults(func=cmd_jobs_start)

@@ -12,19 +12,21 @@ import argparse
 from typing import Any, Callable, Sequence
 
 from pneumo_core.errors import SettingsError
-from pneumo_core.model.config import SETTINGS, Setting, check_setting
+from pneumo_core.model.config import Setting, check_setting, setting
 
 # The settings each command offers, in the order its --help lists them.
 TRAIN_FLAGS = ("init", "epochs", "batch_size", "lr", "image_size", "seed", "device", "augment", "mixup_alpha",
-               "max_images", "compile", "threads", "ema_decay")
-JOB_FLAGS = ("epochs", "batch_size", "lr", "image_size", "device", "max_images", "seed")
+               "max_images", "compile", "threads", "ema_decay", "sync_bn")
+JOB_FLAGS = ("epochs", "batch_size", "lr", "image_size", "device", "max_images", "seed", "sync_bn")
+# Not a TrainConfig field: how many processes torchrun starts (``model.config.LAUNCH_SETTINGS``).
+LAUNCH_FLAGS = ("nproc",)
 
 
 def add_train_flags(p: argparse.ArgumentParser, names: Sequence[str], *, show_defaults: bool) -> None:
     """One flag per setting in ``names``; ``show_defaults``: say TrainConfig's default in the help (not for
     ``jobs start``, whose defaults depend on the base model)."""
     for name in names:
-        s = SETTINGS[name]
+        s = setting(name)
         help = s.rule.help
         if s.kind in (int, float):
             help += f"; {s.allowed()}"

@@ -4,7 +4,9 @@ averaging and snapshot ensembles, ``model.compare``), and the new model folder, 
 and moved there in one rename (so a failed or cancelled run leaves nothing half-written).
 
 A checkpoint stores its run's configuration, and a run resumes only with the same settings, on the same
-kind of device and the same data, so a resumed run draws the batches the uninterrupted one would have.
+kind of device and the same data, so a resumed run draws the batches the uninterrupted one would have. The number
+of processes (torchrun's world size) may differ: the batch size is the global batch, every rank holds the same
+state, and rank 0 alone writes the checkpoint, so any number of ranks can read it back.
 Saving (``save_epoch``) and restoring (``resume_run``) sit side by side, so the format is read in one place.
 """
 
@@ -25,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from pneumo_core.files import atomic_write_bytes
 from pneumo_core.model.augment import AugmentConfig
+from pneumo_core.model.distributed import World
 
 CHECKPOINT = "last.pt"
 SNAPSHOTS = "snapshots"
@@ -32,6 +35,8 @@ SNAPSHOTS = "snapshots"
 # Settings that do not change what is computed, so a run may resume with other values. (``device`` and
 # ``bf16`` do; ``device`` may say "auto", so the device actually used is checked separately.)
 _RESUME_MAY_DIFFER = {"workers", "threads"}
+# Settings added after checkpoints were first written, with the value a checkpoint without them was made with.
+_ADDED_LATER = {"sync_bn": False}
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Run:
     epoch: int = 0                   # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)
     best: Best | None = None
+    world: World = field(default_factory=World)     # this process among torchrun's (one, without torchrun)
 
 
 def save_checkpoint(ckpt_dir: Path, payload: dict[str, Any]) -> None:
@@ -76,7 +82,7 @@ def load_checkpoint(ckpt_dir: Path | None, config: Mapping[str, Any], device_typ
     if ckpt_dir is None or not (ckpt_dir / CHECKPOINT).exists():
         return None
     ckpt = torch.load(ckpt_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    saved = {k: v for k, v in ckpt["config"].items() if k not in _RESUME_MAY_DIFFER}
+    saved = {k: v for k, v in {**_ADDED_LATER, **ckpt["config"]}.items() if k not in _RESUME_MAY_DIFFER}
     now = {k: v for k, v in config.items() if k not in _RESUME_MAY_DIFFER}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -107,7 +113,8 @@ def save_epoch(ckpt_dir: Path, run: Run, net: nn.Module, opt: torch.optim.Optimi
         "net": net.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else {},
         "opt": opt.state_dict(), "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
-        "device_type": run.device.type, "data_fingerprint": data_fingerprint, "history": run.history,
+        "device_type": run.device.type, "world_size": run.world.size, "data_fingerprint": data_fingerprint,
+        "history": run.history,
         "best_score": run.best.score, "best_state": run.best.state, "best_info": run.best.info})
 
 

@@ -57,6 +57,8 @@ class TrainConfig:
     bf16: bool = _setting(True, "bf16 autocast where the device supports it", "bf16")
     channels_last: bool = _setting(True, "channels-last memory format", "channels-last")
     compile: bool = _setting(False, "torch.compile the network (GPU)", "compile")
+    sync_bn: bool = _setting(False, "SyncBatchNorm: batch statistics over all processes' films, not each one's "
+                                    "(several GPUs under torchrun)", "SyncBatchNorm")
     val_fraction: float = _setting(0.1, "share of train/ held out for validation when there is no val/",
                                    "validation share", above=0, hi=0.5)
     max_images: int | None = _setting(None, "cap on films per split (a smoke test or a quick trial)",
@@ -117,11 +119,22 @@ def _setting_of(f) -> Setting:
 
 
 SETTINGS: dict[str, Setting] = {f.name: _setting_of(f) for f in fields(TrainConfig)}
+# How many processes run a training (torchrun's world size) is not a TrainConfig field: it is a fact of the run,
+# which the card records (``training.processes``), and a checkpoint resumes on any number of them because the
+# batch size is the global batch. It is offered and checked like the settings all the same.
+LAUNCH_SETTINGS: dict[str, Setting] = {"nproc": Setting("nproc", int, False, 1, Rule(
+    "training processes under torchrun, one per GPU (1: a single process, no torchrun)", "processes",
+    lo=1, hi=64))}
+
+
+def setting(name: str) -> Setting:
+    """A TrainConfig field's setting, or a launch setting (``nproc``)."""
+    return SETTINGS[name] if name in SETTINGS else LAUNCH_SETTINGS[name]
 
 
 def check_setting(name: str, value: Any) -> None:
     """Raise SettingsError unless ``value`` is allowed for the setting ``name``."""
-    s = SETTINGS[name]
+    s = setting(name)
     if value is None and s.optional:
         return
     if not _has_kind(value, s.kind) or not _in_range(value, s):

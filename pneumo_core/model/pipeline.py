@@ -26,6 +26,7 @@ from pneumo_core.ingest.folders import discover_splits
 from pneumo_core.model.checkpoints import check_out_dir, staged
 from pneumo_core.model.compare import compare_with_active
 from pneumo_core.model.config import TrainConfig
+from pneumo_core.model.distributed import is_main_process
 from pneumo_core.model.evaluation import calibrate_model
 from pneumo_core.model.store import read_card
 from pneumo_core.model.train import Progress, fit, pick_device
@@ -55,12 +56,18 @@ def train_version(data: str | Path, out: str | Path, config: TrainConfig, *, pro
     ``comparison.json`` against. Data without val/ are seen through a view with the validation split fit()
     carves, in ``view_dir`` (left for the caller to remove) or in a temporary folder removed here.
     Calibration and the comparison run on ``config.device``; ``n_boot``: bootstrap resamples for the CIs.
+    Under torchrun every rank calls this; rank 0 makes the version (calibration, guard and comparison run
+    in it alone, after training) and the others train with it, then return an empty card.
     """
     data, out = Path(data), check_out_dir(out)
     film_types = film_types_folder(data) if film_types is None else Path(film_types)
     if guard and film_types is not None and not film_types.is_dir():      # before hours of training, not after
         raise FileNotFoundError(f"The film-types folder {film_types.name}/ was not found; nothing was trained.")
     device = pick_device(config.device)
+    if not is_main_process():
+        # under torchrun, ranks other than 0 only train: rank 0 writes the version, its log and its phases
+        fit(data, out, config, should_stop=should_stop, checkpoint_dir=checkpoint_dir, keep_snapshots=keep_snapshots)
+        return {}
 
     def enter(key: str, step: str = "") -> None:
         _stop_if_asked(should_stop)

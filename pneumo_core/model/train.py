@@ -11,7 +11,8 @@ An epoch reads top to bottom in ``fit``: ``train_one_epoch`` (the steps), ``eval
 and averaged weights on every held-out split), ``select`` (keep the best so far), a checkpoint, a progress
 report. Then ``card_for`` describes the chosen weights. The run's state (``Run``) and its checkpoints are
 in ``model.checkpoints``. A complete version (calibrated, with its guard) is made by
-``model.pipeline.train_version``.
+``model.pipeline.train_version``. Several processes (torchrun, DistributedDataParallel) are
+``model.distributed``'s part.
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ from pneumo_core.model.checkpoints import (
     staged,
 )
 from pneumo_core.model.config import TrainConfig
+from pneumo_core.model.distributed import (
+    World,
+    align,
+    any_rank,
+    augment_generator,
+    check_world,
+    data_parallel,
+    device_for,
+    from_main,
+    join_world,
+    leave_world,
+    mean_over_ranks,
+    plain_batchnorm,
+    shard,
+    sync_batchnorm,
+)
 from pneumo_core.model.metrics import safe_auc
 from pneumo_core.model.network import LABELS, create_model, default_input_spec
 from pneumo_core.model.store import code_version, save_model
@@ -67,8 +84,9 @@ class EpochReport:
 @dataclass
 class FitResult:
     out_dir: Path
-    card: dict[str, Any]
+    card: dict[str, Any]                     # empty on a rank other than 0 under torchrun (it wrote nothing)
     history: list[dict[str, Any]] = field(default_factory=list)
+    selected: dict[str, torch.Tensor] = field(default_factory=dict)   # the chosen weights, on the CPU
 
 
 Progress = Callable[[EpochReport], None]
@@ -113,19 +131,24 @@ def predict_logits(net: nn.Module, pixels: torch.Tensor, spec: dict, *, batch_si
 
 def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, run: Run, cfg: TrainConfig) -> float:
     """One pass over the training films in an order drawn from the run's generator; returns the mean loss.
-    The learning rate follows ``lr_at`` step by step, and the averaged model follows every step."""
+    The learning rate follows ``lr_at`` step by step, and the averaged model follows every step.
+    Under torchrun each rank takes its shard of the order (``distributed.shard``), ``batch_size / world size``
+    films a step, and augments them with its own generator; the loss returned is the mean over the ranks."""
     net.train()
-    order = torch.randperm(len(run.x), generator=run.generator, device=run.device)
+    order = shard(torch.randperm(len(run.x), generator=run.generator, device=run.device), run.world)
+    draws = augment_generator(run.world, cfg.seed, run.epoch + 1, run.device)
+    draws = run.generator if draws is None else draws
+    batch = cfg.batch_size // run.world.size
     losses = []
     for i in range(run.steps_per_epoch):
-        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        idx = order[i * batch:(i + 1) * batch]
         for group in opt.param_groups:
             group["lr"] = lr_at(run.step, run.total_steps, run.warmup, cfg.lr)
         x = run.x[idx].unsqueeze(1).float().div_(255.0)
         y = run.y[idx].float()
         if run.augment is not None:
-            x = aug.augment(x, run.augment, run.generator)
-        x, y = aug.mixup(x, y, cfg.mixup_alpha, run.generator)
+            x = aug.augment(x, run.augment, draws)
+        x, y = aug.mixup(x, y, cfg.mixup_alpha, draws)
         x = normalise(x, run.spec)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -139,7 +162,7 @@ def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, run: Run, cfg: T
             run.ema.update_parameters(net)
         losses.append(loss.detach())
         run.step += 1
-    return float(torch.stack(losses).mean())
+    return mean_over_ranks(torch.stack(losses).mean(), run.world)
 
 
 def _suffix(kind: str) -> str:
@@ -186,10 +209,15 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
     also keeps the raw and EMA weights of the last that many epochs there (``snapshots/``), for weight
     averaging and snapshot ensembles.
     ``on_decoded`` is called once the films are decoded, before the first epoch (a job's phases).
+    Under torchrun (``model.distributed``) every rank calls ``fit``: ``cfg.batch_size`` is the global batch,
+    split across the ranks; only rank 0 reports progress, checkpoints and writes ``out_dir``, and the other
+    ranks return a result with an empty card (and the same selected weights).
     """
     out_dir = check_out_dir(out_dir)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    cfg, device = _settle(cfg)
+    cfg, device, world = _settle(cfg)
+    if not world.main:                      # one writer: only rank 0 reports, checkpoints and writes the model
+        progress, on_decoded = None, None
     resume = load_checkpoint(ckpt_dir, asdict(cfg), device.type)
     net, init = create_model(cfg.init, dropout=cfg.dropout)       # fails fast, before decoding data
     spec = default_input_spec(cfg.image_size)
@@ -197,7 +225,7 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
                               max_images=cfg.max_images, workers=cfg.workers)
     if on_decoded:
         on_decoded()
-    run, opt, model_for_steps = _start(net, sets["train"], spec, cfg, device)
+    run, opt, net, model_for_steps = _start(net, sets["train"], spec, cfg, device, world)
     evals = {k: (torch.from_numpy(v.pixels), v.labels) for k, v in sets.items() if k != "train"}
     select_on = "external" if "external" in evals else "val"
     t0 = time.perf_counter()
@@ -205,56 +233,78 @@ def fit(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig = TrainConfi
         check_same_data(resume, ckpt_dir, data["fingerprint"])
         t0 -= resume_run(resume, net, opt, run)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
-        if should_stop and should_stop():
+        if any_rank(bool(should_stop and should_stop()), world):     # every rank stops at the same epoch
             raise TrainingCancelled("Training was cancelled; no model was written.")
-        te = time.perf_counter()
-        loss = train_one_epoch(model_for_steps, opt, run, cfg)
-        ips = run.steps_per_epoch * cfg.batch_size / (time.perf_counter() - te)
-        last_lr = lr_at(run.step - 1, run.total_steps, run.warmup, cfg.lr)
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": last_lr, "images_per_s": ips}
-        candidates = {"raw": net} if run.ema is None else {"raw": net, "ema": run.ema.module}
-        row.update(evaluate(candidates, evals, spec, bf16=cfg.bf16))
-        improved = select(run, candidates, row, select_on)
-        run.history.append(row)
+        row, candidates, improved = _epoch(model_for_steps, net, opt, run, cfg, evals, select_on)
         run.epoch = epoch
         elapsed = time.perf_counter() - t0
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and world.main:
             save_epoch(ckpt_dir, run, net, opt, candidates, config=asdict(cfg), keep_snapshots=keep_snapshots,
                        elapsed=elapsed, data_fingerprint=data["fingerprint"])
         if progress:
             progress(_report(row, cfg, elapsed, improved))
+    leave_world(world)
+    if not world.main:
+        return FitResult(out_dir, {}, run.history, run.best.state)
     final = best_network(net, run.best)
     card = card_for(final, run, cfg, init=init, data=data, device=device, seconds=time.perf_counter() - t0,
                     check_on=evals.get(select_on, (None,))[0])
     with staged(out_dir) as staging:
         card = save_model(final, card, staging)
-    return FitResult(out_dir, card, run.history)
+    return FitResult(out_dir, card, run.history, run.best.state)
 
 
-def _settle(cfg: TrainConfig) -> tuple[TrainConfig, torch.device]:
-    """Threads, seeds and device for a run, and its config as run (bf16 only where the device has it)."""
+def _epoch(model_for_steps: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, run: Run, cfg: TrainConfig,
+           evals: Mapping[str, tuple[torch.Tensor, np.ndarray]],
+           select_on: str) -> tuple[dict[str, Any], dict[str, nn.Module], bool]:
+    """One epoch: the steps, then the candidates (raw, ema) evaluated and the best so far kept. Under torchrun
+    the ranks are aligned on rank 0's weights first, and rank 0 evaluates and shares its row, so every rank
+    selects the same weights. Returns (the history row, the candidates, whether this epoch gave the best)."""
+    te = time.perf_counter()
+    loss = train_one_epoch(model_for_steps, opt, run, cfg)
+    ips = run.steps_per_epoch * cfg.batch_size / (time.perf_counter() - te)
+    last_lr = lr_at(run.step - 1, run.total_steps, run.warmup, cfg.lr)
+    align(run.world, net, run.ema)
+    row: dict[str, Any] = {"epoch": run.epoch + 1, "train_loss": loss, "lr": last_lr, "images_per_s": ips}
+    candidates = {"raw": net} if run.ema is None else {"raw": net, "ema": run.ema.module}
+    if run.world.main:
+        row.update(evaluate(candidates, evals, run.spec, bf16=cfg.bf16))
+    row = from_main(row, run.world)
+    improved = select(run, candidates, row, select_on)
+    run.history.append(row)
+    return row, candidates, improved
+
+
+def _settle(cfg: TrainConfig) -> tuple[TrainConfig, torch.device, World]:
+    """Threads, seeds, device and processes (torchrun's, when it started this one) for a run, and its config
+    as run (bf16 only where the device has it)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = pick_device(cfg.device)
+    world = join_world(device.type)
+    device = device_for(world, device)
+    check_world(world, cfg.batch_size, device, cfg.sync_bn)
     use_bf16 = cfg.bf16 and (device.type == "cuda" or _cpu_has_bf16())
-    return replace(cfg, bf16=use_bf16), device
+    return replace(cfg, bf16=use_bf16), device, world
 
 
-def _start(net: nn.Module, train: ImageSet, spec: dict, cfg: TrainConfig,
-           device: torch.device) -> tuple[Run, torch.optim.Optimizer, nn.Module]:
+def _start(net: nn.Module, train: ImageSet, spec: dict, cfg: TrainConfig, device: torch.device,
+           world: World) -> tuple[Run, torch.optim.Optimizer, nn.Module, nn.Module]:
     """The network on its device, its averaged twin, the optimiser, and the run before its first epoch.
-    Returns also the module the steps call (compiled, when asked)."""
+    Returns also the network (with SyncBatchNorm under torchrun, when asked) and the module the steps call
+    (in DistributedDataParallel under torchrun; compiled, when asked)."""
     x = torch.from_numpy(train.pixels).to(device)
     y = torch.from_numpy(train.labels).to(device)
-    net.to(device)
+    net = sync_batchnorm(net, world, cfg.sync_bn).to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     ema = None
     if cfg.ema_decay > 0:
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    model_for_steps = torch.compile(net) if cfg.compile else net
+    model_for_steps = data_parallel(net, world, device)
+    model_for_steps = torch.compile(model_for_steps) if cfg.compile else model_for_steps
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_pos = int(y.sum())
     # Class imbalance: weight positives down so both classes carry equal total weight.
@@ -263,8 +313,9 @@ def _start(net: nn.Module, train: ImageSet, spec: dict, cfg: TrainConfig,
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     steps_per_epoch = max(1, len(x) // cfg.batch_size)
     run = Run(x, y, spec, device, pos_weight, aug_cfg, generator, ema, steps_per_epoch,
-              total_steps=steps_per_epoch * cfg.epochs, warmup=max(1, int(cfg.warmup_epochs * steps_per_epoch)))
-    return run, opt, model_for_steps
+              total_steps=steps_per_epoch * cfg.epochs, warmup=max(1, int(cfg.warmup_epochs * steps_per_epoch)),
+              world=world)
+    return run, opt, net, model_for_steps
 
 
 def _report(row: Mapping[str, Any], cfg: TrainConfig, elapsed: float, improved: bool) -> EpochReport:
@@ -276,7 +327,7 @@ def _report(row: Mapping[str, Any], cfg: TrainConfig, elapsed: float, improved: 
 
 def best_network(net: nn.Module, best: Best) -> nn.Module:
     """A CPU fp32 copy of the network holding the selected weights."""
-    final = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format)
+    final = plain_batchnorm(copy.deepcopy(net)).cpu().float().to(memory_format=torch.contiguous_format)
     final.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in best.state.items()})
     return final
 
@@ -298,7 +349,8 @@ def card_for(final: nn.Module, run: Run, cfg: TrainConfig, *, init: dict[str, An
         "default_operating_point": "balanced",
         "initialisation": init,
         "training": {**asdict(cfg), "selected": run.best.info, "device": _device_name(device),
-                     "seconds": round(seconds, 1)},
+                     "seconds": round(seconds, 1), "processes": run.world.describe(cfg.batch_size, cfg.lr,
+                                                                                     cfg.sync_bn)},
         "data": data,
         "history": run.history,
         "weights_check": fp16_agreement(final, check_on, run.spec),

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from filelock import FileLock, Timeout
 
-from pneumo_core.errors import DatasetError, JobBusyError, JobError, ModelLoadError
+from pneumo_core.errors import DatasetError, JobBusyError, JobError, ModelLoadError, SettingsError
 from pneumo_core.files import CHECKOUT, atomic_write_json
 from pneumo_core.ingest.datacheck import DatasetReport, validate_dataset
+from pneumo_core.model.config import check_setting
+from pneumo_core.model.distributed import torchrun_command
 from pneumo_core.model.store import read_card
 from pneumo_core.ops.jobs.estimate import compared_size, device_kind, estimate_phases
 from pneumo_core.ops.jobs.settings import check_config, default_config
@@ -43,11 +46,12 @@ PACKAGE_PARENT = CHECKOUT                # the worker runs ``python -m pneumo_co
 
 def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str, Any] | None = None,
               report: DatasetReport | None = None, upload_dir: str | Path | None = None, bootstrap: int = 1000,
-              root: str | Path | None = None, weights: str | Path | None = None) -> Job:
+              root: str | Path | None = None, weights: str | Path | None = None, nproc: int = 1) -> Job:
     """Check the data and the request, then start a worker process; returns at once.
 
     ``upload_dir``: a folder from ``new_upload_dir`` holding ``data_dir``; the job takes it over and
-    removes it when it ends. Raises DatasetError (bad data), JobBusyError (a job is running),
+    removes it when it ends. ``nproc`` > 1: the worker runs in that many processes under torchrun (one per GPU;
+    rank 0 keeps the job's records). Raises DatasetError (bad data), JobBusyError (a job is running),
     JobError / ModelLoadError (bad request, no or tampered base model).
     """
     root = jobs_root(root)
@@ -56,6 +60,7 @@ def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str
     if base not in BASES:
         raise JobError(f"base must be one of {', '.join(BASES)}.")
     cfg = check_config({**default_config(base, weights), **(config or {})})
+    _check_nproc(nproc, cfg)
     report = report if report is not None and Path(report.root).resolve() == data_dir else validate_dataset(data_dir)
     if not report.ok:
         raise DatasetError(" ".join(report.problems))
@@ -77,12 +82,12 @@ def start_job(data_dir: str | Path, *, base: str = "active", config: Mapping[str
                 "data_source": "upload" if upload is not None else "server folder",
                 "data_name": "uploaded archive" if upload is not None else data_dir.name,
                 "data": report.summary(), "base": base_info, "config": cfg, "bootstrap": int(bootstrap),
-                "weights_root": str(weights.resolve())}
+                "weights_root": str(weights.resolve()), "nproc": nproc}
         atomic_write_json(job_dir / SPEC, spec)
         atomic_write_json(job_dir / STATE, {"status": "starting", "created": spec["created"], "history": [],
                                             "message": "Starting the training process…",
                                             **phase_fields("preparing", time.time())})
-        proc = _spawn_worker(job_dir, spec["created"])
+        proc = _spawn_worker(job_dir, spec["created"], nproc)
         record_worker(job_dir, proc.pid, child=proc)
     return load_job(job_dir)
 
@@ -129,13 +134,27 @@ def _estimate_record(report: DatasetReport, cfg: Mapping[str, Any], root: Path,
             "reference": {k: round(v, 1) for k, v in est.reference.items()}}
 
 
-def _spawn_worker(job_dir: Path, created: str) -> subprocess.Popen:
-    """Start ``python -m pneumo_core jobs worker JOB_DIR`` in its own session (so a cancel can stop its whole
-    process group), its output in the job's log. If it cannot start, the job is recorded as failed."""
+def _check_nproc(nproc: int, cfg: Mapping[str, Any]) -> None:
+    """Processes for a job: within their range, and on a GPU machine no more than its GPUs (one each)."""
+    try:
+        check_setting("nproc", nproc)
+    except SettingsError as exc:
+        raise JobError(str(exc)) from exc
+    if nproc > 1 and cfg.get("device", "auto") != "cpu" and torch.cuda.is_available() \
+            and nproc > torch.cuda.device_count():
+        raise JobError(f"{nproc} processes were asked for, but this server has {torch.cuda.device_count()} "
+                       f"GPU(s); each process trains on one.")
+
+
+def _spawn_worker(job_dir: Path, created: str, nproc: int = 1) -> subprocess.Popen:
+    """Start ``python -m pneumo_core jobs worker JOB_DIR`` (under torchrun for ``nproc`` > 1) in its own session
+    (so a cancel can stop its whole process group; torchrun passes a SIGTERM on to every rank), its output in
+    the job's log. If it cannot start, the job is recorded as failed."""
+    args = ["jobs", "worker", str(job_dir)]
     try:
         with open(job_dir / LOG, "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "pneumo_core", "jobs", "worker", str(job_dir)],
+                torchrun_command(nproc, args) if nproc > 1 else [sys.executable, "-m", "pneumo_core", *args],
                 cwd=PACKAGE_PARENT, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except OSError as exc:

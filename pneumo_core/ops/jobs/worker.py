@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.distributed as dist
 from filelock import FileLock, Timeout
 
 from pneumo_core.errors import AuditError, JobError, PneumoError, TrainingCancelled
 from pneumo_core.files import atomic_write_json
 from pneumo_core.model.config import TrainConfig
+from pneumo_core.model.distributed import is_main_process, world_size_from_env
 from pneumo_core.model.pipeline import train_version
 from pneumo_core.model.train import _device_name, pick_device
 from pneumo_core.ops.audit import record
@@ -42,6 +44,11 @@ class CancelRequested(KeyboardInterrupt):
     """Raised inside the worker by SIGTERM; a KeyboardInterrupt so broad ``except Exception`` passes it on."""
 
 
+class RankStopped(KeyboardInterrupt):
+    """Raised in rank 0 of a job under torchrun by a SIGTERM that no cancel asked for: torchrun stopping the
+    ranks because another one failed."""
+
+
 class _CancelSwitch:
     """Cancel requests reach the worker as a file (polled) or SIGTERM. The handler raises at most once,
     and only while ``armed`` (inside the training/evaluation work), so it can never interrupt the
@@ -49,6 +56,7 @@ class _CancelSwitch:
 
     def __init__(self, job_dir: Path):
         self.file = job_dir / CANCEL
+        self.ranks = world_size_from_env()
         self.requested = False
         self.armed = False
         self.raised = False
@@ -63,10 +71,11 @@ class _CancelSwitch:
             raise CancelRequested()
 
     def on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
-        self.requested = True
+        peer_failed = self.ranks > 1 and not self.file.exists()
+        self.requested = self.requested or not peer_failed
         if self.armed and not self.raised:
             self.raised = True
-            raise CancelRequested()
+            raise RankStopped() if peer_failed else CancelRequested()
 
     def run(self, fn, *args, **kwargs):
         self.check()
@@ -107,6 +116,8 @@ def run_worker(job_dir: str | Path) -> int:
     if not spec:
         _log(f"no job spec in {job_dir}")
         return 1
+    if not is_main_process():
+        return _run_rank(job_dir, spec)
     lock = FileLock(str(job_dir.parent / TRAIN_LOCK))
     try:
         lock.acquire(timeout=0)
@@ -142,6 +153,15 @@ def run_worker(job_dir: str | Path) -> int:
     return rc
 
 
+def _run_rank(job_dir: Path, spec: Mapping[str, Any]) -> int:
+    """A rank other than 0 of a job under torchrun: it trains beside rank 0 and writes nothing (rank 0 holds the
+    training lock and keeps the job's records, its log, the audit events and the registry). A cancel file stops
+    every rank at the same epoch; an error here ends this process, and torchrun then stops the others."""
+    cancel = job_dir / CANCEL
+    train_version(Path(spec["data_dir"]), job_dir / "model", _job_config(spec), should_stop=cancel.exists)
+    return 0
+
+
 def _run(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> tuple[str, str, int]:
     """The work, and how it ended: (status, message, exit code)."""
     try:
@@ -167,6 +187,10 @@ def _audit_outcome(job_dir: Path, status: str, version: str | None) -> None:
 
 
 def _outcome(exc: BaseException) -> tuple[str, str, int]:
+    if isinstance(exc, RankStopped) or (isinstance(exc, dist.DistError) and world_size_from_env() > 1):
+        traceback.print_exception(exc, file=sys.stdout)
+        return ("failed", f"Another training process of this job failed; torchrun's report in the log names its "
+                          f"rank. {UNCHANGED}", 1)
     if isinstance(exc, (CancelRequested, TrainingCancelled)):
         return "cancelled", f"Cancelled. {UNCHANGED}", 3
     if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -181,15 +205,10 @@ def _outcome(exc: BaseException) -> tuple[str, str, int]:
 
 def _config(spec: Mapping[str, Any], state: dict, save) -> tuple[TrainConfig, torch.device]:
     """The job's TrainConfig (from its base: the checked active version, or ImageNet/scratch) and device."""
-    cfg_over = dict(spec["config"])
-    cfg_over.setdefault("workers", min(16, os.cpu_count() or 4))       # decoding threads
     base = spec["base"]
     if base["kind"] == "active":
         verify_version(base["path"])
-        init = base["path"]
-    else:
-        init = base["kind"]
-    cfg = TrainConfig(**{**cfg_over, "init": init})
+    cfg = _job_config(spec)
     device = pick_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise JobError("A GPU was asked for but none is available to the training process.")
@@ -197,6 +216,14 @@ def _config(spec: Mapping[str, Any], state: dict, save) -> tuple[TrainConfig, to
     _log(f"job {spec['id']}: base {base.get('version') or base['kind']}, {cfg.epochs} epochs at "
          f"{cfg.image_size} px on {state['device']}")
     return cfg, device
+
+
+def _job_config(spec: Mapping[str, Any]) -> TrainConfig:
+    """The job's TrainConfig: its settings, from its base (the active version's folder, or ImageNet/scratch)."""
+    cfg_over = dict(spec["config"])
+    cfg_over.setdefault("workers", min(16, os.cpu_count() or 4))       # decoding threads
+    base = spec["base"]
+    return TrainConfig(**{**cfg_over, "init": base["path"] if base["kind"] == "active" else base["kind"]})
 
 
 def _work(job_dir: Path, spec: Mapping[str, Any], state: dict, save, switch: _CancelSwitch) -> str:
