@@ -133,6 +133,35 @@ def test_broken_model_folder_is_an_error_not_a_traceback(tmp_path, monkeypatch, 
     assert any("No model is available" in e and "sha256" in e for e in errors(at))
 
 
+def test_broken_model_warmed_at_start_still_gives_the_clear_refusal(tmp_path, monkeypatch, tiny_model_dir):
+    """Issue #16, item 7: appkit.serve loads the model as the server starts; a broken one is only noted in the
+    log there, and the page still refuses with the reason, as without the warm-up."""
+    from appkit.serve import warm
+
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, root / "broken")
+    (root / "broken" / "model.safetensors").write_bytes(b"not weights")
+    (root / "ACTIVE").write_text("broken\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    _clear_caches()
+    assert "sha256" in warm()
+    at = open_app()
+    assert any("No model is available" in e and "sha256" in e for e in errors(at))
+
+
+def test_model_warmed_at_start_is_the_one_the_pages_use(weights, monkeypatch):
+    """The warm-up fills the cache the pages read: the first visitor loads nothing."""
+    from appkit import serve
+    from pneumo_core.model.predict import Predictor
+
+    assert serve.warm() is None
+    loads = []
+    original = Predictor.from_dir.__func__
+    monkeypatch.setattr(Predictor, "from_dir", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
+    at = upload(open_app(), ("a.png", film(3)))
+    assert loads == [] and len(at.metric) == 1
+
+
 # --------------------------------------------------------------------------- sidebar
 
 def test_sidebar_shows_model_card_summary_and_operating_point(weights, tiny_model_dir):
