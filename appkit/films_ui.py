@@ -18,7 +18,7 @@ from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
 from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
-from .text import card_summary, fmt_pct, metadata_rows, op_description
+from .text import card_summary, fmt_pct, metadata_rows, op_description, op_details, op_plain
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
@@ -193,8 +193,12 @@ def result_ui(pred: Prediction, model: ActiveModel, outside: str | None) -> None
     st.metric("Probability of pneumonia", fmt_pct(pred.probability),
               help="Outside validated use: not validated for this film." if outside else None)
     st.markdown(label_badges(pred.label, outside))
-    st.caption(f"Calibrated probability. Label at the {op_description(model.card, pred.operating_point, pred.threshold)} "
-               f"operating point. Model `{pred.model_version}`.")
+    st.caption(f"Calibrated probability. Label at the {op_plain(pred.operating_point, pred.threshold)} operating "
+               f"point. Model `{pred.model_version}`.")
+    with st.popover("About this number", icon=":material/help:"):
+        st.markdown(op_details(model.card, pred.operating_point, pred.threshold))
+        st.caption("Calibrated: of films given 80%, about 80 in 100 had pneumonia on the model's held-out data. "
+                   "The operating point is chosen in the sidebar and applies to every page.")
 
 
 def warnings_ui(warnings: Sequence[str]) -> None:
@@ -204,7 +208,7 @@ def warnings_ui(warnings: Sequence[str]) -> None:
 
 def metadata_ui(film: Film) -> None:
     rows = metadata_rows(film.image.metadata)
-    st.markdown("| Image metadata | |\n|---|---|\n" + "\n".join(f"| {k} | {_escape(v)} |" for k, v in rows))
+    st.markdown("| Image metadata | Value |\n|---|---|\n" + "\n".join(f"| {k} | {_escape(v)} |" for k, v in rows))
 
 
 def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveModel, alpha: float,

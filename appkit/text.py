@@ -101,11 +101,35 @@ def film_type_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+OP_PLAIN = {"balanced": "misses and false alarms weighed alike",
+            "high_sensitivity": "misses fewer pneumonias, at the cost of more false alarms"}
+
+
+def op_plain(name: str, threshold: float) -> str:
+    """The operating point in plain words: 'Balanced (threshold 72.9%)'."""
+    return f"{op_label(name)} (threshold {fmt_pct(threshold)})"
+
+
+def op_details(card: Mapping[str, Any], name: str, threshold: float) -> str:
+    """What the operating point means and how it was chosen, for a help popover (the card's rule, its films,
+    and what it measured there), in percentages like every number the main view shows."""
+    point = (card.get("operating_points") or {}).get(name) or {}
+    text = (f"**{op_label(name)}**: {OP_PLAIN.get(name, 'a named threshold from the model card')}. A film whose "
+            f"calibrated probability is {fmt_pct(threshold)} or more is labelled PNEUMONIA.")
+    if point.get("sensitivity") is not None and point.get("specificity") is not None:
+        text += (f" On the films it was chosen on, it found {fmt_pct(point['sensitivity'])} of pneumonias "
+                 f"(sensitivity) and cleared {fmt_pct(point['specificity'])} of normal films (specificity).")
+    if point.get("rule"):
+        text += f" Rule: {point['rule']}" + (f"; chosen on {point['chosen_on']}" if point.get("chosen_on") else "") + "."
+    return text
+
+
 def op_description(card: Mapping[str, Any], name: str, threshold: float) -> str:
-    """'Balanced (threshold 0.496; max Youden J on external/)'."""
+    """'Balanced (threshold 49.6%; max Youden J on external/)': the plain words and the rule, on one line
+    (the report's small print)."""
     point = (card.get("operating_points") or {}).get(name) or {}
     how = "; ".join(x for x in (point.get("rule"), f"chosen on {point['chosen_on']}" if point.get("chosen_on") else None) if x)
-    return f"{op_label(name)} (threshold {threshold:.3f}" + (f"; {how})" if how else ")")
+    return f"{op_label(name)} (threshold {fmt_pct(threshold)}" + (f"; {how})" if how else ")")
 
 
 def split_description(split: str, artifact: Mapping[str, Any], card: Mapping[str, Any]) -> str:

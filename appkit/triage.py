@@ -122,7 +122,7 @@ def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
         "flag": [r.flag for r in rows],
         "outside": [r.record.outside_validated_use for r in rows],
         "file": [r.record.file for r in rows],
-        "probability": [r.record.probability for r in rows],
+        "probability": [None if r.record.probability is None else 100 * r.record.probability for r in rows],  # %
         "label": [r.record.label or "" for r in rows],
         "film_type": [film_type_text(r.record.film_type) for r in rows],
         "status": [r.status for r in rows],

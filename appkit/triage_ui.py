@@ -11,7 +11,7 @@ from pneumo_core.model.predict import outside_detail
 from .analysis import Upload
 from .auth_ui import audit_events
 from .model import ActiveModel
-from .text import op_label
+from .text import fmt_pct, op_label
 from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
 
 FLAG_TINT = "background-color: #fbe9e7"       # flagged, validated film (pink)
@@ -46,7 +46,7 @@ def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
     cols[0].metric("Analysed", counts["ok"])
     cols[1].metric("Flagged", sum(r.flag for r in rows),
                    help=f"Films within validated use with a probability at or above the {op_label(flag_name)} "
-                        f"threshold ({flag_thr:.3f}).")
+                        f"threshold ({fmt_pct(flag_thr)}).")
     cols[2].metric("Outside validated use", sum(r.outside for r in rows),
                    help="Analysed, but not a film of the population the model was validated on (e.g. an adult "
                         "film). Listed after the validated films, tinted amber; never flagged.")
@@ -76,14 +76,14 @@ def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> Triag
         column_config={
             "thumbnail": st.column_config.ImageColumn("Film", width="small"),
             "flag": st.column_config.CheckboxColumn(
-                "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({flag_thr:.3f})"),
+                "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({fmt_pct(flag_thr)})"),
             "outside": st.column_config.CheckboxColumn(
                 "Outside validated use", width="small",
                 help="Not a film of the population the model was validated on: analysed with a warning (e.g. an "
                      "adult film), or rejected"),
             "file": st.column_config.TextColumn("File", width="medium"),
-            "probability": st.column_config.ProgressColumn("P(pneumonia)", format="percent", min_value=0.0,
-                                                           max_value=1.0, width="medium"),
+            "probability": st.column_config.ProgressColumn("P(pneumonia)", format="%.1f%%", min_value=0.0,
+                                                           max_value=100.0, width="medium"),
             "label": st.column_config.TextColumn("Label", help=f"At the {op_label(op)} operating point"),
             "film_type": st.column_config.TextColumn("Film type", width="small",
                                                      help="The model's film-type check, when it has one"),

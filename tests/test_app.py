@@ -210,6 +210,26 @@ def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights)
     assert labels == ["Overlay PNG", "PDF report"]
 
 
+def test_predict_main_view_in_plain_words_and_one_number_format(weights):
+    """Issue #16, item 4: thresholds as percentages with one decimal, like probabilities; the operating point
+    named in plain words, its rule ("max Youden J; chosen on external/") only in a help popover; no empty
+    metadata header cell."""
+    at = upload(open_app(), ("film.png", film()))
+    main = [c.value for c in at.main.caption] + [m.value for m in at.main.markdown if not m.value.startswith("**")]
+    pct = re.compile(r"threshold \d{1,3}\.\d%")
+    assert any("High sensitivity (threshold" in c and pct.search(c) for c in main)
+    assert not any(re.search(r"\b0\.\d{2,}", c) for c in main), main        # no 0.622-style thresholds
+    assert not any("Youden" in c or "chosen on" in c for c in main)
+    [popover] = at.get("popover")
+    details = "\n".join(m.value for m in popover.markdown)
+    assert "High sensitivity" in details and "Rule:" in details and re.search(r"\d{1,3}\.\d% or more", details)
+    assert re.fullmatch(r"\d{1,3}\.\d%", at.metric[0].value)
+    table = next(m.value for m in at.markdown if m.value.startswith("| Image metadata"))
+    assert "| |" not in table.splitlines()[0] and table.splitlines()[0].count("|") == 3
+    radio = at.sidebar.radio(key="operating_point")
+    assert all(re.search(r"threshold \d{1,3}\.\d%$", o) for o in radio.options), radio.options
+
+
 def test_several_files_each_get_a_result(weights):
     at = upload(open_app(), ("a.png", film(1)), ("b.png", film(2, False)), ("same-as-a.png", film(1)))
     assert len(at.metric) == 2 and len(overlays(at)) == 2

@@ -167,3 +167,14 @@ def test_pages_do_not_touch_torch_and_plain_helpers_do_not_import_streamlit():
         assert ".net" not in script.read_text() and "nn." not in script.read_text(), script
     for name in ("analysis", "triage", "charts", "report", "text", "images"):
         assert "streamlit" not in _imports(ROOT / "appkit" / f"{name}.py"), name
+
+
+def test_worklist_shows_percentages_like_every_other_number(predictor):
+    """Issue #16, item 4: the worklist's probability column holds percentages (shown with one decimal), not
+    fractions that the table rounded raggedly (99.7% beside 99.71%)."""
+    from appkit.triage import worklist_frame
+
+    rows = triage(predictor, [Upload.of("a.png", film(1)), Upload.of("bad.bin", b"\x00junk")], "balanced")
+    frame = worklist_frame(rows)
+    ok = rows[0].record.probability
+    assert frame.probability.iloc[0] == pytest.approx(100 * ok) and frame.probability.isna().iloc[1]
