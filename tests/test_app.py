@@ -378,6 +378,28 @@ def test_triage_detail_view_for_the_selected_row(weights):
     assert any(m.value.startswith("##### ") and chosen.split(".")[0] in m.value for m in at.markdown)
 
 
+def test_triage_detail_dialog_moves_along_the_worklist(weights):
+    """Issue #16, item 5: the detail opens in a dialog (where the user looks), with Previous/Next in worklist
+    order; every row shows without an inner scroll (the table is as tall as its rows)."""
+    files = [(f"f{i:02d}.png", film(40 + i, i % 2 == 0)) for i in range(14)]
+    at = upload(open_app("triage"), *files)
+    from appkit.triage_ui import worklist_height
+
+    assert worklist_height(14) >= 40 + 52 * 14 and worklist_height(50) >= 40 + 52 * 50    # was capped at 12 rows
+    order = list(at.dataframe[0].value.file)
+    at.session_state["worklist"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    heading = lambda: [m.value for m in at.markdown if m.value.startswith("##### ")]  # noqa: E731
+    assert heading() == ["##### " + order[0].replace(".", "\\.")]
+    assert at.button(key="detail_prev").disabled and any("Film 1 of 14" in m.value for m in at.markdown)
+    at.button(key="detail_next").click().run()
+    at.button(key="detail_next").click().run()
+    assert heading() == ["##### " + order[2].replace(".", "\\.")] and len(overlays(at)) == 1
+    at.button(key="detail_prev").click().run()
+    assert heading() == ["##### " + order[1].replace(".", "\\.")]
+    assert not at.exception
+
+
 def test_triage_is_not_recomputed_on_a_rerun(weights, monkeypatch):
     import appkit.triage_ui as triage_ui
 

@@ -72,6 +72,39 @@ def test_worklist_csv_has_no_images_and_no_patient_data(predictor):
     assert not any(s in text for s in SECRETS) and "004Y" not in text
 
 
+def test_worklist_csv_names_films_by_sha256_with_rounded_numbers_time_and_model(predictor):
+    """Issue #16, item 5: rounded probabilities, sha256 (as the audit log), UTC time and model version; the
+    file names (which can hold patient names) only when asked for."""
+    from datetime import datetime, timezone
+
+    uploads = [Upload.of("Doe_Jane_chest.png", film(1)), Upload.of("b.png", film(2, False)),
+               Upload.of("bad.bin", b"\x00junk")]
+    rows = triage(predictor, uploads, "balanced")
+    when = datetime(2026, 12, 2, 18, 30, 5, tzinfo=timezone.utc)
+    text = worklist_csv(rows, now=when).decode()
+    got = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(got[0]) == CSV_COLUMNS and "file" not in got[0] and "Doe_Jane" not in text
+    assert sorted(r["sha256"] for r in got) == sorted(u.sha for u in uploads)
+    assert {r["exported_utc"] for r in got} == {"2026-12-02T18:30:05Z"}
+    assert {r["model_version"] for r in got} == {predictor.version}
+    probs = [r["probability"] for r in got if r["probability"]]
+    assert len(probs) == 2 and all(len(p.split(".")[-1]) <= 4 for p in probs + [got[0]["threshold"]])
+    named = list(csv.DictReader(io.StringIO(worklist_csv(rows, file_names=True, now=when).decode())))
+    assert tuple(named[0]) == ("file", *CSV_COLUMNS) and "Doe_Jane_chest.png" in {r["file"] for r in named}
+
+
+def test_worklist_never_shows_none(predictor):
+    """An unreadable file's thumbnail was a literal "None": it is a placeholder tile now."""
+    from appkit.triage import worklist_frame
+
+    rows = triage(predictor, [Upload.of("a.png", film(1)), Upload.of("bad.bin", b"\x00junk"),
+                              Upload.of("big.png", b"x").refused("Too large.")], "balanced")
+    frame = worklist_frame(rows)
+    assert all(t.startswith("data:image/png;base64,") for t in frame.thumbnail)
+    shown = frame.drop(columns=["probability"]).astype(str).to_numpy().ravel()
+    assert not any(cell in ("None", "nan") for cell in shown), shown
+
+
 FORMULA_NAMES = ["=2+5.png", "+cmd|' /C calc'!A0.png", "@SUM(1).png", "-2+3.png", "\tx.png", "\rx.png",
                  "=HYPERLINK(\"http://evil.example\",\"x\")", "a\r=2+5.png", "b\n@SUM(1).png"]
 
@@ -81,7 +114,7 @@ def test_worklist_csv_cells_never_start_like_a_formula(predictor):
     blank = png(np.full((64, 64), 0.5))
     uploads = [Upload.of(name, film(i) if i % 2 else blank) for i, name in enumerate(FORMULA_NAMES)]
     uploads.append(Upload.of("notes.txt", b"-not an image"))
-    text = worklist_csv(triage(predictor, uploads, "balanced")).decode()
+    text = worklist_csv(triage(predictor, uploads, "balanced"), file_names=True).decode()
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     expected = [n if n[0] in "ab" else "'" + n for n in FORMULA_NAMES] + ["notes.txt"]
     assert sorted(r["file"] for r in rows) == sorted(expected)        # a CR or LF inside a name stays in its cell
