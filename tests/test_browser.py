@@ -135,3 +135,71 @@ def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_
     assert ("sign_in", "succeeded") in actions
     refused = [(e["role"], e["detail"]) for e in events if (e["action"], e["result"]) == ("open_page", "denied")]
     assert refused == [("viewer", "retrain")]
+
+
+def click_worklist_row(page, row: int) -> None:
+    """Tick a row's selection box in the worklist (a canvas grid: the row marker sits at its left edge)."""
+    from appkit.triage_ui import HEADER_PX, ROW_PX
+
+    box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    page.mouse.click(box["x"] + 14, box["y"] + HEADER_PX + ROW_PX * row + ROW_PX / 2)
+
+
+def test_triage_detail_opens_in_view_with_next_previous_and_the_csv_columns(weights_root, tmp_path):
+    """Issue #16, item 5: selecting a worklist row opens the detail in view (a dialog), Previous/Next move along
+    three films; the CSV names films by sha256 and carries file names only when the box is ticked."""
+    require_chromium()
+    import csv
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from appkit.triage import CSV_COLUMNS
+
+    rng = np.random.default_rng(11)
+    names = ["one.png", "two.png", "three.png"]
+    files = [{"name": n, "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, i != 1, 256))}
+             for i, n in enumerate(names)]
+    ARTIFACTS.mkdir(exist_ok=True)
+    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+                page.goto(f"{url}/triage", wait_until="domcontentloaded")
+                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
+                expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=90_000)
+                csvs = []
+                for tick in (False, True):
+                    if tick:
+                        page.get_by_text("Include file names").click()
+                        page.wait_for_timeout(1500)
+                    with page.expect_download(timeout=30_000) as dl:
+                        page.get_by_role("button", name="Worklist CSV").click()
+                    csvs.append(Path(dl.value.path()).read_text(encoding="utf-8"))
+                page.wait_for_timeout(1000)
+                click_worklist_row(page, 0)
+                dialog = page.get_by_role("dialog")
+                expect(dialog).to_be_visible(timeout=60_000)
+                expect(dialog.get_by_text("Film 1 of 3", exact=False)).to_be_visible(timeout=60_000)
+                box = dialog.bounding_box()
+                heading = dialog.locator("h5").first
+                headings = [heading.inner_text(timeout=60_000)]
+                for step, at in (("Next", 2), ("Next", 3), ("Previous", 2)):
+                    dialog.get_by_role("button", name=step).click()
+                    expect(dialog.get_by_text(f"Film {at} of 3", exact=False)).to_be_visible(timeout=60_000)
+                    expect(heading).not_to_have_text(headings[-1], timeout=60_000)
+                    headings.append(heading.inner_text())
+                where = dialog.get_by_text("in the worklist", exact=False).inner_text()
+                page.screenshot(path=str(ARTIFACTS / "browser_triage_detail.png"))
+            finally:
+                browser.close()
+    finally:
+        stop_streamlit(proc)
+    assert box["y"] < 1000 and box["y"] + 200 < 1000 + 1          # the dialog's top is on screen, not far below
+    assert "Film 2 of 3" in where
+    assert sorted(headings[:3]) == sorted(names) and headings[3] == headings[1]     # three films, then back one
+    plain, named = (list(csv.DictReader(io.StringIO(t))) for t in csvs)
+    assert tuple(plain[0]) == CSV_COLUMNS and tuple(named[0]) == ("file", *CSV_COLUMNS)
+    assert not any(n in csvs[0] for n in names) and sorted(r["file"] for r in named) == sorted(names)
+    assert all(len(r["sha256"]) == 64 for r in plain)
