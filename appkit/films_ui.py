@@ -18,7 +18,7 @@ from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
 from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
-from .text import card_summary, fmt_pct, metadata_rows, op_description, op_details, op_plain
+from .text import card_summary, fmt_pct, metadata_rows, op_details, op_meaning, op_plain, op_rule
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
@@ -218,9 +218,10 @@ def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveMo
     full_overlay = lambda: overlay(film.image.pixels, exp.normalised, alpha=alpha)  # noqa: E731
 
     def report() -> bytes:
-        return pdf_report(file_name=film.name, film=film.image.pixels, overlay_rgb=full_overlay(),
+        return pdf_report(file_name=film.name, sha256=film.sha, film=film.image.pixels, overlay_rgb=full_overlay(),
                           probability=pred.probability, label=pred.label,
-                          operating_point=op_description(model.card, pred.operating_point, pred.threshold),
+                          operating_point=op_meaning(pred.operating_point, pred.threshold),
+                          operating_point_details=op_rule(model.card, pred.operating_point),
                           model_version=pred.model_version, card_line=card_summary(model.card),
                           method=METHOD_LABELS.get(exp.method, exp.method), warnings=pred.warnings,
                           metadata=metadata_rows(film.image.metadata), outside_validated_use=outside)

@@ -7,6 +7,9 @@ from typing import Any, Mapping
 
 OP_LABELS = {"balanced": "Balanced", "high_sensitivity": "High sensitivity"}
 CAUTION = "Decision support, not a diagnosis."
+INTENDED_USE = ("Intended use: decision support for clinicians reading frontal chest radiographs of children, "
+                "for signs of pneumonia. Not validated for adults, lateral films or other body parts; it does not "
+                "replace the reporting clinician's interpretation.")
 
 # What each split is, independent of the model; the numbers and the caveats come from the card.
 SPLIT_ROLES = {
@@ -110,6 +113,11 @@ def op_plain(name: str, threshold: float) -> str:
     return f"{op_label(name)} (threshold {fmt_pct(threshold)})"
 
 
+def op_meaning(name: str, threshold: float) -> str:
+    """'High sensitivity (threshold 47.3%): misses fewer pneumonias, at the cost of more false alarms'."""
+    return op_plain(name, threshold) + (f": {OP_PLAIN[name]}" if name in OP_PLAIN else "")
+
+
 def op_details(card: Mapping[str, Any], name: str, threshold: float) -> str:
     """What the operating point means and how it was chosen, for a help popover (the card's rule, its films,
     and what it measured there), in percentages like every number the main view shows."""
@@ -124,12 +132,11 @@ def op_details(card: Mapping[str, Any], name: str, threshold: float) -> str:
     return text
 
 
-def op_description(card: Mapping[str, Any], name: str, threshold: float) -> str:
-    """'Balanced (threshold 49.6%; max Youden J on external/)': the plain words and the rule, on one line
-    (the report's small print)."""
+def op_rule(card: Mapping[str, Any], name: str) -> str | None:
+    """How the card says the operating point was chosen ('max Youden J; chosen on external/'), or None."""
     point = (card.get("operating_points") or {}).get(name) or {}
-    how = "; ".join(x for x in (point.get("rule"), f"chosen on {point['chosen_on']}" if point.get("chosen_on") else None) if x)
-    return f"{op_label(name)} (threshold {fmt_pct(threshold)}" + (f"; {how})" if how else ")")
+    return "; ".join(x for x in (point.get("rule"), f"chosen on {point['chosen_on']}" if point.get("chosen_on")
+                                 else None) if x) or None
 
 
 def split_description(split: str, artifact: Mapping[str, Any], card: Mapping[str, Any]) -> str:

@@ -134,9 +134,9 @@ def test_safe_cell_changes_text_only():
 
 def test_pdf_report_is_one_page_with_the_caution(predictor):
     image = decode(Upload.of("film.png", film(3, size=128)), predictor).image
-    pdf = pdf_report(file_name="film.png", film=image.pixels,
+    pdf = pdf_report(file_name="film.png", sha256="ab" * 32, film=image.pixels,
                      overlay_rgb=np.zeros((*image.pixels.shape, 3), np.uint8), probability=0.734, label="PNEUMONIA",
-                     operating_point="High sensitivity (threshold 0.120)", model_version="v-test",
+                     operating_point="High sensitivity (threshold 12.0%)", model_version="v-test",
                      card_line="Data: x · init: imagenet · external AUC 0.950 (0.930–0.970)", method="Grad-CAM",
                      warnings=["Patient older than the pediatric training population (1–5 years)"],
                      metadata=[("Modality", "DX")], outside_validated_use="The image is blank.")
@@ -148,6 +148,38 @@ def test_pdf_report_is_one_page_with_the_caution(predictor):
                   "external AUC 0.950 (0.930-0.970)", "(1-5 years)"):
         assert words in content, words
     assert content.index("OUTSIDE VALIDATED USE") < content.index("Probability of pneumonia")   # the headline
+
+
+def pdf_text(pdf: bytes) -> str:
+    """The text a PDF draws, from its content streams (fpdf2 writes each string in one piece)."""
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, flags=re.S)
+    return b"".join(_inflate(s) for s in streams).decode("latin-1").replace("\\(", "(").replace("\\)", ")")
+
+
+def test_pdf_report_has_sha256_intended_use_plain_operating_point_and_findings_table(predictor):
+    """Issue #16, item 6: the input's sha256 (as the audit log has it), an intended-use line, the operating point
+    in plain words with its rule apart, film and map large, the findings as a table."""
+    import hashlib
+
+    from appkit.text import op_meaning
+
+    data = film(3, size=128)
+    up = Upload.of("film.png", data)
+    image = decode(up, predictor).image
+    pdf = pdf_report(file_name="film.png", sha256=up.sha, film=image.pixels,
+                     overlay_rgb=np.zeros((*image.pixels.shape, 3), np.uint8), probability=0.25, label="NORMAL",
+                     operating_point=op_meaning("balanced", 0.7293),
+                     operating_point_details="max Youden J; chosen on external/", model_version="v-test",
+                     card_line="Data: x", method="Grad-CAM", metadata=[("Modality", "DX")])
+    text = pdf_text(pdf)
+    assert f"sha256 {hashlib.sha256(data).hexdigest()}" in text
+    assert "Intended use: decision support" in text and "children" in text
+    assert "Balanced (threshold 72.9%): misses and false alarms weighed alike" in text
+    assert "How it was chosen" in text and "max Youden J; chosen on external/" in text
+    assert "Operating point" in text and "Modality DX" in text
+    # film and map each drawn at least 85 mm wide (q w 0 0 h x y cm, in points): the page is used
+    sizes = [float(w) for w in re.findall(r"q ([\d.]+) 0 0 [\d.]+ [\d.]+ [\d.]+ cm", text)]
+    assert len(sizes) == 2 and min(sizes) >= 85 / 25.4 * 72, sizes
 
 
 def _inflate(data: bytes) -> bytes:

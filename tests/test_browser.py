@@ -7,8 +7,10 @@ FAILS on CI (env CI set), so CI cannot go green without having run it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -78,6 +80,9 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
                 probabilities = metrics.all_inner_texts()
                 body = page.inner_text("body")
                 page.screenshot(path=str(ARTIFACTS / "browser_predict.png"), full_page=True)
+                with page.expect_download(timeout=60_000) as dl:     # the PNG's report (issue #16, item 6)
+                    page.get_by_role("button", name="PDF report").first.click()
+                report = Path(dl.value.path()).read_bytes()
             finally:
                 browser.close()
     finally:
@@ -87,6 +92,15 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
     assert "Browser^Secret" not in body and "ID-BROWSER-777" not in body and "Secret" not in body
     assert "Traceback" not in body
     assert (ARTIFACTS / "browser_predict.png").stat().st_size > 10_000
+    # The report names the film by the sha256 the audit log recorded its prediction under.
+    from test_app_units import pdf_text
+
+    from pneumo_core.ops import audit
+
+    digest = re.search(r"sha256 ([0-9a-f]{64})", pdf_text(report)).group(1)
+    assert digest == hashlib.sha256(files[0]["buffer"]).hexdigest()
+    logged = [e for e in audit.events(newest_first=False) if e["input_sha256"] == digest]
+    assert [e["action"] for e in logged] == ["predict"] and logged[0]["result"] in ("PNEUMONIA", "NORMAL")
 
 
 def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_path):
