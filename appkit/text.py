@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 OP_LABELS = {"balanced": "Balanced", "high_sensitivity": "High sensitivity"}
+PRODUCT = "Pneumonia decision support"
 CAUTION = "Decision support, not a diagnosis."
 INTENDED_USE = ("Intended use: decision support for clinicians reading frontal chest radiographs of children, "
                 "for signs of pneumonia. Not validated for adults, lateral films or other body parts; it does not "

@@ -192,6 +192,23 @@ def test_promoted_model_is_picked_up_without_restart(weights, tiny_model_dir):
     assert any("promoted-v2" in m.value for m in at.sidebar.markdown)
 
 
+# --------------------------------------------------------------------------- landing
+
+def test_landing_says_what_for_whom_and_its_limits_with_the_upload_below(weights):
+    """Issue #16, item 1: the product's name, what it does, for whom, its limits and the way in, in one view;
+    with films uploaded it shrinks to one line so the results stay in view."""
+    at = open_app()
+    assert [t.value for t in at.title] == ["Pneumonia decision support"]
+    shown = "\n".join(m.value for m in at.main.markdown)
+    for words in ("What it does", "probability of pneumonia", "For whom", "chest films of children", "frontal",
+                  "Its limits", "Decision support, not a diagnosis.", "Upload a chest film below"):
+        assert words in shown, words
+    assert len(at.file_uploader) == 1
+    at = upload(at, ("a.png", film(1)))
+    assert "For whom" not in "\n".join(m.value for m in at.main.markdown)
+    assert any("Intended use" in c.value for c in at.main.caption) and len(at.metric) == 1
+
+
 # --------------------------------------------------------------------------- predict
 
 def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights):

@@ -70,6 +70,15 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 2000})
                 page.goto(url, wait_until="domcontentloaded")
+                # the landing (issue #16, item 1): name, purpose, users, limits and the upload box in one screen
+                page.set_viewport_size({"width": 1400, "height": 1000})
+                dropzone = page.locator('[data-testid="stFileUploaderDropzone"]')
+                expect(dropzone).to_be_visible(timeout=90_000)
+                page.wait_for_timeout(500)
+                landing_bottom = dropzone.bounding_box()["y"] + dropzone.bounding_box()["height"]
+                landing = page.locator('[data-testid="stMain"]').inner_text()
+                page.screenshot(path=str(ARTIFACTS / "browser_landing.png"))
+                page.set_viewport_size({"width": 1500, "height": 2000})
                 page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
                 metrics = page.locator('[data-testid="stMetricValue"]')
                 expect(metrics).to_have_count(2, timeout=90_000)
@@ -87,6 +96,9 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
                 browser.close()
     finally:
         stop_streamlit(proc)
+    assert landing_bottom < 1000, landing_bottom                       # the way in, without scrolling
+    for words in ("Pneumonia decision support", "For whom", "children", "Its limits", "not a diagnosis"):
+        assert words in landing, words
     assert all(t.strip().endswith("%") for t in probabilities), probabilities
     assert "DX" in body and "MONOCHROME2" in body            # the DICOM's metadata panel
     assert "Browser^Secret" not in body and "ID-BROWSER-777" not in body and "Secret" not in body
