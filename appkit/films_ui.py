@@ -14,11 +14,12 @@ from pneumo_core.model.predict import MODEL_ERRORS, Prediction, model_failure, o
 from .analysis import FILM_SIDE, Film, Upload, decode, held_pixels, over_session_cap, session_pixel_cap
 from .auth_ui import audit_once
 from .client import client_key
-from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
+from .images import png_bytes, shrink, to_uint8
 from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
 from .text import card_summary, fmt_pct, metadata_rows, op_details, op_meaning, op_plain, op_rule
+from .viewer import viewer_ui, window, windowing_ui
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
@@ -114,8 +115,8 @@ def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> 
     return [films[u.sha] for u in uploads]
 
 
-def cam_controls_ui(key: str, default: str = "gradcam") -> tuple[str, float]:
-    left, right = st.columns(2)
+def cam_controls_ui(key: str, default: str = "gradcam", slots=None) -> tuple[str, float]:
+    left, right = slots or st.columns(2)
     method = left.selectbox("Map method", METHODS, key=f"cam_method_{key}",
                             index=METHODS.index(default) if default in METHODS else 0,
                             format_func=lambda m: METHOD_LABELS.get(m, m))
@@ -149,10 +150,11 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
             outside = film.rejection
         if outside:
             outside_ui(outside)
-        col_film, col_cam, col_result = st.columns([1, 1, 1.1], gap="medium")
-        with col_cam:
-            cam_slot = st.empty()
-            method, alpha = cam_controls_ui(key, default_method(model.predictor.card))
+        col_view, col_result = st.columns([2.8, 1], gap="medium")
+        with col_view:
+            slots = st.columns([1.3, 1, 1, 1.3, 1])
+            level, width = windowing_ui(key, slots[:3])
+            method, alpha = cam_controls_ui(key, default_method(model.predictor.card), slots[3:])
         try:
             exp = film.explanation(model.predictor, method, op)
             pred = film.prediction(model.predictor, op)
@@ -163,11 +165,13 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
                    input_sha256=film.sha, model_version=pred.model_version, probability=pred.probability,
                    operating_point=pred.operating_point, threshold=pred.threshold,
                    detail=outside_detail(film.film_type, analysed_anyway=bool(film.rejection)) if outside else None)
-        shown = shrink(film.image.pixels, DISPLAY_SIDE)
-        col_film.image(to_uint8(shown), caption="Film", width="stretch")
-        cam_slot.image(overlay(shown, exp.normalised, alpha=alpha), width="stretch",
-                       caption=f"{METHOD_LABELS.get(method, method)} for pneumonia: a relative map "
-                               "(red = strongest evidence within this film), not a lesion outline")
+        shown = window(film.image.pixels, level, width)      # the film as kept, windowed on its float pixels
+        with col_view:
+            viewer_ui(shown, overlay(shown / 255.0, exp.normalised, alpha=alpha),
+                      f"{METHOD_LABELS.get(method, method)} for pneumonia", key)
+            st.caption(f"{METHOD_LABELS.get(method, method)} for pneumonia: a relative map (red = strongest evidence "
+                       "within this film), not a lesion outline. Drag to pan, scroll to zoom (both panels move "
+                       "together), double-click to reset.")
         with col_result:
             result_ui(pred, model, outside)
             warnings_ui(pred.warnings)

@@ -9,7 +9,6 @@ import numpy as np
 
 from pneumo_core.model.explain import encode_png
 
-DISPLAY_SIDE = 768       # what the screen shows; downloads use the film as kept (analysis.FILM_SIDE)
 THUMB_SIDE = 96
 
 

@@ -6,7 +6,7 @@ Starts the app as `make run` does (`python -m appkit.serve`: the model loads as 
 localhost port and drives Debian's headless Chromium with Playwright. It waits until the server says the model
 is loaded (reported: server start to model ready), then times the first page (a visitor's first request to the
 upload box) and the first prediction in that session. Each warm run opens a fresh session, uploads the film and
-stops the clock when the probability and both images (film and Grad-CAM overlay) are decoded by the browser.
+stops the clock when the probability and both images (film and Grad-CAM overlay) are drawn in the viewer.
 Goals: first page <= 3 s, first prediction <= 3 s, warm upload-to-overlay <= 1.5 s (median).
 Uses the active model in weights/ unless --model; the film defaults to a real external/ film enlarged to 1500x1200 JPEG.
 """
@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import CHROMIUM, CHROMIUM_ARGS, ROOT, clinic_size_jpeg, start_streamlit, stop_streamlit  # noqa: E402
 
 DONE = ("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 1 && "
-        "[...document.querySelectorAll('[data-testid=stImage] img')]"
-        ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
+        "document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 2")
 
 
 def weights_root(model: str | None, tmp: Path) -> Path:

@@ -106,7 +106,8 @@ def errors(at: AppTest) -> list[str]:
 
 
 def overlays(at: AppTest) -> list:
-    return [im for im in at.image if any("relative map" in c for c in im.captions)]
+    """The film viewers (film and map side by side in one plotly figure, ``appkit.viewer``)."""
+    return [c for c in at.get("plotly_chart") if '"Film"' in c.proto.spec and "for pneumonia" in c.proto.spec]
 
 
 # --------------------------------------------------------------------------- no model
@@ -220,7 +221,7 @@ def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights)
     assert any(m.value in (":red-badge[PNEUMONIA]", ":green-badge[NORMAL]") for m in at.markdown)
     # The default operating point is the screening one (a second-opinion tool).
     assert any("High sensitivity" in c.value and "threshold" in c.value for c in at.caption)
-    assert len(overlays(at)) == 1 and any(im.captions == ["Film"] for im in at.image)
+    assert len(overlays(at)) == 1 and any("a relative map" in c.value for c in at.caption)
     assert any("| Format | PNG |" in m.value for m in at.markdown)
     assert at.selectbox(key=next(s.key for s in at.selectbox if s.key.startswith("cam_method_"))).value == "gradcam"
     labels = [d.label for d in at.get("download_button")]
@@ -245,6 +246,33 @@ def test_predict_main_view_in_plain_words_and_one_number_format(weights):
     assert "| |" not in table.splitlines()[0] and table.splitlines()[0].count("|") == 3
     radio = at.sidebar.radio(key="operating_point")
     assert all(re.search(r"threshold \d{1,3}\.\d%$", o) for o in radio.options), radio.options
+
+
+def test_viewer_shows_film_and_map_side_by_side_with_window_level(weights):
+    """Issue #16, item 2: one plotly figure, film and map at the film's own resolution with shared (zoomable)
+    axes; window/level presets and sliders change the film shown, from its float pixels."""
+    import json
+
+    from appkit.viewer import PRESETS, window
+
+    at = upload(open_app(), ("film.png", film(size=320)))
+    [chart] = overlays(at)
+    spec = json.loads(chart.proto.spec)
+    images = [t for t in spec["data"] if t["type"] == "image"]
+    assert len(images) == 2 and spec["layout"]["dragmode"] == "pan"
+    assert spec["layout"]["xaxis2"]["matches"] == "x" and spec["layout"]["yaxis2"]["matches"] == "y"
+    before = images[0]["source"]
+    preset = next(s for s in at.selectbox if s.key.startswith("wl_preset_"))
+    preset.set_value("Lungs").run()
+    level = next(s for s in at.slider if s.key.startswith("wl_level_"))
+    assert (level.value, next(s for s in at.slider if s.key.startswith("wl_width_")).value) == PRESETS["Lungs"]
+    after = [t for t in json.loads(overlays(at)[0].proto.spec)["data"] if t["type"] == "image"][0]["source"]
+    assert after != before
+    level.set_value(20).run()
+    assert [t for t in json.loads(overlays(at)[0].proto.spec)["data"] if t["type"] == "image"][0]["source"] != after
+    # the window works on float pixels: 12-bit steps that 8 bits would merge stay apart in a narrow window
+    ramp = np.linspace(0.5, 0.5 + 8 / 4095, 9, dtype=np.float32)
+    assert len(set(window(ramp, 50.1, 0.5).tolist())) > 4
 
 
 def test_several_files_each_get_a_result(weights):
@@ -355,7 +383,7 @@ def test_opacity_slider_and_operating_point_reuse_the_cached_cam(weights, monkey
     assert any("Balanced" in c.value for c in at.caption)
     next(s for s in at.selectbox if s.key.startswith("cam_method_")).set_value("gradcam++").run()
     assert calls == ["gradcam", "gradcam++"] and len(overlays(at)) == 1
-    assert "Grad-CAM++" in overlays(at)[0].captions[0]
+    assert "Grad-CAM++ for pneumonia" in overlays(at)[0].proto.spec
 
 
 # --------------------------------------------------------------------------- triage

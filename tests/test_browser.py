@@ -83,11 +83,12 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
                 metrics = page.locator('[data-testid="stMetricValue"]')
                 expect(metrics).to_have_count(2, timeout=90_000)
                 expect(page.get_by_text("a relative map", exact=False)).to_have_count(2, timeout=30_000)
-                page.wait_for_function(  # film + overlay for each file, actually decoded by the browser
-                    "() => [...document.querySelectorAll('[data-testid=stImage] img')]"
-                    ".filter(i => i.complete && i.naturalWidth > 0).length >= 4", timeout=30_000)
+                page.wait_for_function(  # film + overlay for each file, drawn by plotly
+                    "() => document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 4",
+                    timeout=60_000)
                 probabilities = metrics.all_inner_texts()
                 body = page.inner_text("body")
+                zoomed, windowed = zoom_and_window(page)
                 page.screenshot(path=str(ARTIFACTS / "browser_predict.png"), full_page=True)
                 with page.expect_download(timeout=60_000) as dl:     # the PNG's report (issue #16, item 6)
                     page.get_by_role("button", name="PDF report").first.click()
@@ -96,6 +97,7 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
                 browser.close()
     finally:
         stop_streamlit(proc)
+    assert zoomed and windowed
     assert landing_bottom < 1000, landing_bottom                       # the way in, without scrolling
     for words in ("Pneumonia decision support", "For whom", "children", "Its limits", "not a diagnosis"):
         assert words in landing, words
@@ -113,6 +115,35 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
     assert digest == hashlib.sha256(files[0]["buffer"]).hexdigest()
     logged = [e for e in audit.events(newest_first=False) if e["input_sha256"] == digest]
     assert [e["action"] for e in logged] == ["predict"] and logged[0]["result"] in ("PNEUMONIA", "NORMAL")
+
+
+def zoom_and_window(page) -> tuple[bool, bool]:
+    """Issue #16, item 2, in the browser: the wheel zooms the first viewer (its axes' range and the pixels shown
+    change), and the Bone window preset changes the film drawn (a new image, from the server's float pixels)."""
+    from playwright.sync_api import expect
+
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.scroll_into_view_if_needed()
+    plot = chart.locator(".js-plotly-plot")
+    x_range = "p => JSON.stringify(p._fullLayout.xaxis.range)"
+    before_range, before_px = plot.evaluate(x_range), chart.screenshot()
+    box = chart.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+    for _ in range(3):
+        page.mouse.wheel(0, -300)
+        page.wait_for_timeout(300)
+    page.wait_for_timeout(800)
+    zoomed = plot.evaluate(x_range) != before_range and chart.screenshot() != before_px
+    film_href = "p => p.querySelector('.imagelayer image').getAttribute('href')"
+    before_film = plot.evaluate(film_href)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Window").first.click()
+    page.get_by_role("option", name="Bone").click()
+    page.wait_for_function(
+        "([old]) => { const i = document.querySelector('[data-testid=stPlotlyChart] .imagelayer image');"
+        " return i && i.getAttribute('href') !== old; }", arg=[before_film], timeout=60_000)
+    expect(chart).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "browser_viewer_bone.png"))
+    return zoomed, plot.evaluate(film_href) != before_film
 
 
 def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_path):
