@@ -24,6 +24,8 @@ from .viewer import viewer_ui, window, windowing_ui
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
 SEEN_KEY = "_analysed"           # session: sha256 of films already analysed (counted once against the limit)
+FOCUS_KEY = "film_focus"         # session: sha256 of the film shown first on Predict (the film selector's value)
+UPLOADED_KEY = "_uploaded"       # session: sha256 of the films in the upload box at the last run, in order
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
                  "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 
@@ -113,6 +115,32 @@ def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> 
         films[u.sha] = film
     st.session_state[key] = (model.key, kept)
     return [films[u.sha] for u in uploads]
+
+
+def _focus(shas: list[str], i: int) -> None:
+    st.session_state[FOCUS_KEY] = shas[max(0, min(i, len(shas) - 1))]
+
+
+def film_order_ui(uploads: Sequence[Upload]) -> list[Upload]:
+    """The films in the order shown: the film in focus first, then the others newest first. A new upload takes
+    the focus (so its result comes into view below the upload box); Previous, Next and the selector move it."""
+    shas = [u.sha for u in uploads]
+    new = [sha for sha in shas if sha not in st.session_state.get(UPLOADED_KEY, ())]
+    st.session_state[UPLOADED_KEY] = shas
+    if new or st.session_state.get(FOCUS_KEY) not in shas:
+        st.session_state[FOCUS_KEY] = new[-1] if new else shas[-1]
+    if len(uploads) > 1:
+        names = {u.sha: f"{n}. {u.name}" for n, u in enumerate(uploads, 1)}
+        i = shas.index(st.session_state[FOCUS_KEY])
+        prev, pick, nxt = st.columns([1, 4, 1], vertical_alignment="bottom")
+        prev.button("Previous", key="film_prev", icon=":material/arrow_back:", disabled=i == 0, width="stretch",
+                    on_click=_focus, args=(shas, i - 1))
+        pick.selectbox(f"Film shown first ({len(uploads)} uploaded)", shas, key=FOCUS_KEY,
+                       format_func=names.__getitem__)
+        nxt.button("Next", key="film_next", icon=":material/arrow_forward:", disabled=i == len(shas) - 1,
+                   width="stretch", on_click=_focus, args=(shas, i + 1))
+    focus = st.session_state[FOCUS_KEY]
+    return [u for u in uploads if u.sha == focus] + [u for u in reversed(uploads) if u.sha != focus]
 
 
 def cam_controls_ui(key: str, default: str = "gradcam", slots=None) -> tuple[str, float]:

@@ -281,6 +281,27 @@ def test_several_files_each_get_a_result(weights):
     assert any("identical" in c.value for c in at.caption)
 
 
+def test_newest_film_first_and_previous_next_move_the_focus(weights):
+    """Issue #16, item 3: the newest upload's result comes first (in view below the upload box); Previous, Next
+    and the film selector bring another film first; every film still gets its result below."""
+    names = ["a.png", "b.png", "c.png"]
+    files = [(n, film(60 + i, i != 1)) for i, n in enumerate(names)]
+    at = upload(open_app(), *files)
+    first = lambda: next(m.value for m in at.markdown if m.value.startswith("##### "))  # noqa: E731
+    assert first() == "##### c\\.png" and len(at.metric) == 3 and len(overlays(at)) == 3
+    assert at.button(key="film_next").disabled
+    at.button(key="film_prev").click().run()
+    assert first() == "##### b\\.png"
+    at.button(key="film_prev").click().run()
+    assert first() == "##### a\\.png" and at.button(key="film_prev").disabled
+    at.button(key="film_next").click().run()
+    assert first() == "##### b\\.png"
+    at.selectbox(key="film_focus").set_value(at.selectbox(key="film_focus").options[0]).run()
+    assert first() == "##### a\\.png"
+    at = upload(at, *files, ("d.png", film(70)))                       # a new upload takes the focus
+    assert first() == "##### d\\.png" and len(at.metric) == 4
+
+
 def test_unreadable_files_are_error_messages_not_exceptions(weights):
     truncated = film()[:200]
     at = upload(open_app(), ("notes.txt", b"Patient notes, not an image.\n"), ("cut.png", truncated),

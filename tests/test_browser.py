@@ -260,3 +260,38 @@ def test_triage_detail_opens_in_view_with_next_previous_and_the_csv_columns(weig
     assert tuple(plain[0]) == CSV_COLUMNS and tuple(named[0]) == ("file", *CSV_COLUMNS)
     assert not any(n in csvs[0] for n in names) and sorted(r["file"] for r in named) == sorted(names)
     assert all(len(r["sha256"]) == 64 for r in plain)
+
+
+def test_predict_newest_film_in_view_and_previous_next_across_three_films(weights_root, tmp_path):
+    """Issue #16, item 3: after uploading three films the newest one's result is on screen below the upload
+    box, and Previous/Next bring each film first."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    rng = np.random.default_rng(5)
+    names = ["first.png", "second.png", "third.png"]
+    files = [{"name": n, "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, i != 1, 256))}
+             for i, n in enumerate(names)]
+    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url, wait_until="domcontentloaded")
+                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=90_000)
+                expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(3, timeout=120_000)
+                heading = page.locator('[data-testid="stMain"] h5').first
+                seen = [heading.inner_text()]
+                top = heading.bounding_box()["y"]
+                for step in ("Previous", "Previous", "Next"):
+                    page.get_by_role("button", name=step, exact=True).click()
+                    expect(heading).not_to_have_text(seen[-1], timeout=60_000)
+                    seen.append(heading.inner_text())
+                page.screenshot(path=str(ARTIFACTS / "browser_predict_three.png"))
+            finally:
+                browser.close()
+    finally:
+        stop_streamlit(proc)
+    assert 0 < top < 1000                                    # the newest film's result is on screen
+    assert seen == ["third.png", "second.png", "first.png", "second.png"]
