@@ -17,6 +17,7 @@ from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_fr
 
 FLAG_TINT = "background-color: #fbe9e7"       # flagged, validated film (pink)
 OUTSIDE_TINT = "background-color: #fff3cd"    # analysed outside validated use, e.g. an adult film (amber)
+TINTED_INK = "color: #1b1f24"                 # dark text on a tinted row: readable in the dark theme too
 ROW_PX, HEADER_PX = 52, 40
 ALL_ROWS = 100                 # the worklist shows this many rows without an inner scroll (at least 50)
 DETAIL_KEY = "_triage_detail"  # session: worklist index shown in the detail dialog
@@ -70,6 +71,11 @@ def row_tint(row) -> list[str]:
     return [tint] * len(row)
 
 
+def row_ink(row) -> list[str]:
+    """Dark text on a tinted row (the dark theme's light text would be unreadable on pink or amber)."""
+    return [TINTED_INK if any(row_tint(row)) else ""] * len(row)
+
+
 def worklist_height(n: int) -> int:
     """Pixels for a table showing all ``n`` rows (up to ``ALL_ROWS``) with no inner scroll."""
     return HEADER_PX + ROW_PX * min(max(n, 1), ALL_ROWS) + 2
@@ -80,7 +86,7 @@ def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> int |
     validated use after them, tinted amber), every row in view up to ``ALL_ROWS``; the selected row's index."""
     flag_name, flag_thr = flag_threshold(model.predictor, op)
     df = worklist_frame(rows)
-    styled = df.style.apply(row_tint, axis=1)
+    styled = df.style.apply(row_tint, axis=1).apply(row_ink, axis=1)
     event = st.dataframe(
         styled, key="worklist", on_select="rerun", selection_mode="single-row", hide_index=True, row_height=ROW_PX,
         height=worklist_height(len(rows)),

@@ -215,6 +215,15 @@ def test_landing_says_what_for_whom_and_its_limits_with_the_upload_below(weights
     assert any("Intended use" in c.value for c in at.main.caption) and len(at.metric) == 1
 
 
+def test_theme_follows_the_system_with_a_light_and_a_dark_palette():
+    """Issue #16, item 8: the config no longer forces the light theme; both palettes are defined."""
+    import tomllib
+
+    theme = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["theme"]
+    assert "base" not in theme
+    assert {"light", "dark"} <= set(theme) and all("primaryColor" in theme[t] for t in ("light", "dark"))
+
+
 # --------------------------------------------------------------------------- predict
 
 def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights):

@@ -295,3 +295,36 @@ def test_predict_newest_film_in_view_and_previous_next_across_three_films(weight
         stop_streamlit(proc)
     assert 0 < top < 1000                                    # the newest film's result is on screen
     assert seen == ["third.png", "second.png", "first.png", "second.png"]
+
+
+def test_light_and_dark_themes_follow_the_system_on_every_page(weights_root, tmp_path):
+    """Issue #16, item 8: no forced light theme; the app follows the system (and a user can choose in Settings).
+    Screenshots of each page in both themes go to test-artifacts/."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    background = ("() => getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor"
+                  ".match(/\\d+/g).slice(0, 3).map(Number)")
+    seen: dict[tuple[str, str], list[int]] = {}
+    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                for scheme in ("light", "dark"):
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+                    for name, path in (("predict", ""), ("triage", "/triage"), ("metrics", "/metrics")):
+                        page.goto(f"{url}{path}", wait_until="domcontentloaded")
+                        expect(page.locator('[data-testid="stSidebar"]').get_by_text("Version")).to_be_visible(
+                            timeout=90_000)
+                        page.wait_for_timeout(1500)
+                        seen[(scheme, name)] = page.evaluate(background)
+                        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_{scheme}.png"))
+                    page.close()
+            finally:
+                browser.close()
+    finally:
+        stop_streamlit(proc)
+    for (scheme, name), rgb in seen.items():
+        assert (sum(rgb) / 3 > 200) if scheme == "light" else (sum(rgb) / 3 < 60), (scheme, name, rgb)
