@@ -90,7 +90,7 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
                 body = page.inner_text("body")
                 zoomed, windowed = zoom_and_window(page)
                 page.screenshot(path=str(ARTIFACTS / "browser_predict.png"), full_page=True)
-                with page.expect_download(timeout=60_000) as dl:     # the PNG's report (issue #16, item 6)
+                with page.expect_download(timeout=60_000) as dl:     # the first film's report (issue #16, item 6)
                     page.get_by_role("button", name="PDF report").first.click()
                 report = Path(dl.value.path()).read_bytes()
             finally:
@@ -111,8 +111,10 @@ def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp
 
     from pneumo_core.ops import audit
 
-    digest = re.search(r"sha256 ([0-9a-f]{64})", pdf_text(report)).group(1)
-    assert digest == hashlib.sha256(files[0]["buffer"]).hexdigest()
+    text = pdf_text(report)
+    digest = re.search(r"sha256 ([0-9a-f]{64})", text).group(1)
+    reported = next(f for f in files if f"File: {f['name']}" in text)     # the film shown first (the newest)
+    assert reported["name"] == "study.dcm" and digest == hashlib.sha256(reported["buffer"]).hexdigest()
     logged = [e for e in audit.events(newest_first=False) if e["input_sha256"] == digest]
     assert [e["action"] for e in logged] == ["predict"] and logged[0]["result"] in ("PNEUMONIA", "NORMAL")
 
