@@ -19,8 +19,9 @@ $(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed
 venv: $(BIN)/.installed
 dev: $(BIN)/.installed-dev
 
+# The model loads as the server starts (appkit/serve.py); no file watcher (it watched .venv and overflowed).
 run: $(BIN)/.installed
-	$(BIN)/streamlit run app.py --server.port $(PORT)
+	$(BIN)/python -m appkit.serve --server.port $(PORT) --server.fileWatcherType none
 
 test: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -14,15 +14,18 @@ from pneumo_core.model.predict import MODEL_ERRORS, Prediction, model_failure, o
 from .analysis import FILM_SIDE, Film, Upload, decode, held_pixels, over_session_cap, session_pixel_cap
 from .auth_ui import audit_once
 from .client import client_key
-from .images import DISPLAY_SIDE, png_bytes, shrink, to_uint8
+from .images import png_bytes, shrink, to_uint8
 from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
-from .text import card_summary, fmt_pct, metadata_rows, op_description
+from .text import card_summary, fmt_pct, metadata_rows, op_details, op_meaning, op_plain, op_rule
+from .viewer import viewer_ui, window, windowing_ui
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
 SEEN_KEY = "_analysed"           # session: sha256 of films already analysed (counted once against the limit)
+FOCUS_KEY = "film_focus"         # session: sha256 of the film shown first on Predict (the film selector's value)
+UPLOADED_KEY = "_uploaded"       # session: sha256 of the films in the upload box at the last run, in order
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
                  "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 
@@ -114,8 +117,34 @@ def films_for(namespace: str, model: ActiveModel, uploads: Sequence[Upload]) -> 
     return [films[u.sha] for u in uploads]
 
 
-def cam_controls_ui(key: str, default: str = "gradcam") -> tuple[str, float]:
-    left, right = st.columns(2)
+def _focus(shas: list[str], i: int) -> None:
+    st.session_state[FOCUS_KEY] = shas[max(0, min(i, len(shas) - 1))]
+
+
+def film_order_ui(uploads: Sequence[Upload]) -> list[Upload]:
+    """The films in the order shown: the film in focus first, then the others newest first. A new upload takes
+    the focus (so its result comes into view below the upload box); Previous, Next and the selector move it."""
+    shas = [u.sha for u in uploads]
+    new = [sha for sha in shas if sha not in st.session_state.get(UPLOADED_KEY, ())]
+    st.session_state[UPLOADED_KEY] = shas
+    if new or st.session_state.get(FOCUS_KEY) not in shas:
+        st.session_state[FOCUS_KEY] = new[-1] if new else shas[-1]
+    if len(uploads) > 1:
+        names = {u.sha: f"{n}. {u.name}" for n, u in enumerate(uploads, 1)}
+        i = shas.index(st.session_state[FOCUS_KEY])
+        prev, pick, nxt = st.columns([1, 4, 1], vertical_alignment="bottom")
+        prev.button("Previous", key="film_prev", icon=":material/arrow_back:", disabled=i == 0, width="stretch",
+                    on_click=_focus, args=(shas, i - 1))
+        pick.selectbox(f"Film shown first ({len(uploads)} uploaded)", shas, key=FOCUS_KEY,
+                       format_func=names.__getitem__)
+        nxt.button("Next", key="film_next", icon=":material/arrow_forward:", disabled=i == len(shas) - 1,
+                   width="stretch", on_click=_focus, args=(shas, i + 1))
+    focus = st.session_state[FOCUS_KEY]
+    return [u for u in uploads if u.sha == focus] + [u for u in reversed(uploads) if u.sha != focus]
+
+
+def cam_controls_ui(key: str, default: str = "gradcam", slots=None) -> tuple[str, float]:
+    left, right = slots or st.columns(2)
     method = left.selectbox("Map method", METHODS, key=f"cam_method_{key}",
                             index=METHODS.index(default) if default in METHODS else 0,
                             format_func=lambda m: METHOD_LABELS.get(m, m))
@@ -149,10 +178,11 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
             outside = film.rejection
         if outside:
             outside_ui(outside)
-        col_film, col_cam, col_result = st.columns([1, 1, 1.1], gap="medium")
-        with col_cam:
-            cam_slot = st.empty()
-            method, alpha = cam_controls_ui(key, default_method(model.predictor.card))
+        col_view, col_result = st.columns([2.8, 1], gap="medium")
+        with col_view:
+            slots = st.columns([1.3, 1, 1, 1.3, 1])
+            level, width = windowing_ui(key, slots[:3])
+            method, alpha = cam_controls_ui(key, default_method(model.predictor.card), slots[3:])
         try:
             exp = film.explanation(model.predictor, method, op)
             pred = film.prediction(model.predictor, op)
@@ -163,11 +193,13 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
                    input_sha256=film.sha, model_version=pred.model_version, probability=pred.probability,
                    operating_point=pred.operating_point, threshold=pred.threshold,
                    detail=outside_detail(film.film_type, analysed_anyway=bool(film.rejection)) if outside else None)
-        shown = shrink(film.image.pixels, DISPLAY_SIDE)
-        col_film.image(to_uint8(shown), caption="Film", width="stretch")
-        cam_slot.image(overlay(shown, exp.normalised, alpha=alpha), width="stretch",
-                       caption=f"{METHOD_LABELS.get(method, method)} for pneumonia: a relative map "
-                               "(red = strongest evidence within this film), not a lesion outline")
+        shown = window(film.image.pixels, level, width)      # the film as kept, windowed on its float pixels
+        with col_view:
+            viewer_ui(shown, overlay(shown / 255.0, exp.normalised, alpha=alpha),
+                      f"{METHOD_LABELS.get(method, method)} for pneumonia", key)
+            st.caption(f"{METHOD_LABELS.get(method, method)} for pneumonia: a relative map (red = strongest evidence "
+                       "within this film), not a lesion outline. Drag to pan, scroll to zoom (both panels move "
+                       "together), double-click to reset.")
         with col_result:
             result_ui(pred, model, outside)
             warnings_ui(pred.warnings)
@@ -193,8 +225,12 @@ def result_ui(pred: Prediction, model: ActiveModel, outside: str | None) -> None
     st.metric("Probability of pneumonia", fmt_pct(pred.probability),
               help="Outside validated use: not validated for this film." if outside else None)
     st.markdown(label_badges(pred.label, outside))
-    st.caption(f"Calibrated probability. Label at the {op_description(model.card, pred.operating_point, pred.threshold)} "
-               f"operating point. Model `{pred.model_version}`.")
+    st.caption(f"Calibrated probability. Label at the {op_plain(pred.operating_point, pred.threshold)} operating "
+               f"point. Model `{pred.model_version}`.")
+    with st.popover("About this number", icon=":material/help:"):
+        st.markdown(op_details(model.card, pred.operating_point, pred.threshold))
+        st.caption("Calibrated: of films given 80%, about 80 in 100 had pneumonia on the model's held-out data. "
+                   "The operating point is chosen in the sidebar and applies to every page.")
 
 
 def warnings_ui(warnings: Sequence[str]) -> None:
@@ -204,7 +240,7 @@ def warnings_ui(warnings: Sequence[str]) -> None:
 
 def metadata_ui(film: Film) -> None:
     rows = metadata_rows(film.image.metadata)
-    st.markdown("| Image metadata | |\n|---|---|\n" + "\n".join(f"| {k} | {_escape(v)} |" for k, v in rows))
+    st.markdown("| Image metadata | Value |\n|---|---|\n" + "\n".join(f"| {k} | {_escape(v)} |" for k, v in rows))
 
 
 def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveModel, alpha: float,
@@ -214,9 +250,10 @@ def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveMo
     full_overlay = lambda: overlay(film.image.pixels, exp.normalised, alpha=alpha)  # noqa: E731
 
     def report() -> bytes:
-        return pdf_report(file_name=film.name, film=film.image.pixels, overlay_rgb=full_overlay(),
+        return pdf_report(file_name=film.name, sha256=film.sha, film=film.image.pixels, overlay_rgb=full_overlay(),
                           probability=pred.probability, label=pred.label,
-                          operating_point=op_description(model.card, pred.operating_point, pred.threshold),
+                          operating_point=op_meaning(pred.operating_point, pred.threshold),
+                          operating_point_details=op_rule(model.card, pred.operating_point),
                           model_version=pred.model_version, card_line=card_summary(model.card),
                           method=METHOD_LABELS.get(exp.method, exp.method), warnings=pred.warnings,
                           metadata=metadata_rows(film.image.metadata), outside_validated_use=outside)

@@ -9,7 +9,6 @@ import numpy as np
 
 from pneumo_core.model.explain import encode_png
 
-DISPLAY_SIDE = 768       # what the screen shows; downloads use the film as kept (analysis.FILM_SIDE)
 THUMB_SIDE = 96
 
 
@@ -38,3 +37,12 @@ def thumbnail_uri(pixels: np.ndarray, side: int = THUMB_SIDE) -> str:
     """A small PNG as a data URI (for st.column_config.ImageColumn)."""
     ok, buf = cv2.imencode(".png", to_uint8(shrink(pixels, side)))
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii") if ok else ""
+
+
+def placeholder_uri(side: int = THUMB_SIDE) -> str:
+    """A thumbnail for a film with no image (unreadable, not analysed): a light grey square with a cross, so
+    the worklist shows a blank tile rather than a literal "None"."""
+    tile = np.full((side, side), 0.93, dtype=np.float32)
+    cv2.line(tile, (side // 4, side // 4), (3 * side // 4, 3 * side // 4), 0.7, 2)
+    cv2.line(tile, (3 * side // 4, side // 4), (side // 4, 3 * side // 4), 0.7, 2)
+    return thumbnail_uri(tile, side)

@@ -10,7 +10,7 @@ from fpdf import FPDF
 from PIL import Image
 
 from .images import shrink, to_uint8
-from .text import CAUTION
+from .text import CAUTION, INTENDED_USE
 
 # fpdf2's core fonts are Latin-1 only; a few typographic characters the app uses are mapped.
 _ASCII = str.maketrans({"–": "-", "—": "-", "·": "-", "×": "x", "≥": ">=", "≤": "<=", "’": "'", "‘": "'",
@@ -34,33 +34,40 @@ def _line(pdf: FPDF, text: str, size: float = 10, style: str = "", h: float = 5.
     pdf.multi_cell(0, h, latin1(text), new_x="LMARGIN", new_y="NEXT")
 
 
-def pdf_report(*, file_name: str, film: np.ndarray, overlay_rgb: np.ndarray, probability: float, label: str,
-               operating_point: str, model_version: str, card_line: str, method: str,
-               warnings: Sequence[str] = (), metadata: Sequence[tuple[str, str]] = (),
-               outside_validated_use: str | None = None) -> bytes:
-    """film: [0, 1] grey pixels; overlay_rgb: uint8 RGB. Returns the PDF's bytes."""
+MARGIN = 12.0
+PAGE_W, PAGE_H = 210.0, 297.0
+FOOTER_Y = PAGE_H - MARGIN - 16
+
+
+def pdf_report(*, file_name: str, sha256: str, film: np.ndarray, overlay_rgb: np.ndarray, probability: float,
+               label: str, operating_point: str, model_version: str, card_line: str, method: str,
+               operating_point_details: str | None = None, warnings: Sequence[str] = (),
+               metadata: Sequence[tuple[str, str]] = (), outside_validated_use: str | None = None) -> bytes:
+    """film: [0, 1] grey pixels; overlay_rgb: uint8 RGB; sha256: the uploaded file's digest, as the audit log
+    records the film (so the report can be matched with its audit event). Returns the PDF's bytes."""
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_auto_page_break(False)
-    pdf.set_margins(15, 15, 15)
+    pdf.set_margins(MARGIN, MARGIN, MARGIN)
     pdf.add_page()
     pdf.set_title("Pneumonia decision support report")
     pdf.set_creator("pneumo app")
-    _header(pdf, file_name, outside_validated_use)
+    _header(pdf, file_name, sha256, outside_validated_use)
     _images(pdf, film, overlay_rgb, method)
     _line(pdf, f"Probability of pneumonia: {100 * probability:.1f}%    Label: {label}"
           + (" (not validated)" if outside_validated_use else ""), 15, "B", 8)
-    _line(pdf, f"Operating point: {operating_point}", 10)
-    _line(pdf, f"Model: {model_version}  ({card_line})", 9, colour=60)
-    _line(pdf, "The probability is calibrated on the model's held-out data. The Grad-CAM map shows where, within "
-          "this film, the model's evidence for pneumonia is strongest relative to the rest of the film; "
-          "it is not an absolute measure and not a lesion outline.", 8.5, colour=60, h=4.5)
-    footer = 297 - 15 - 16
-    _notes(pdf, warnings, metadata, footer)
-    _footer(pdf, footer)
+    _findings(pdf, [("Operating point", operating_point),
+                    *([("How it was chosen", operating_point_details)] if operating_point_details else []),
+                    ("Model", f"{model_version} ({card_line})"),
+                    ("Map", f"{method}: where, within this film, the evidence for pneumonia is strongest relative "
+                            "to the rest of the film; not an absolute measure and not a lesion outline."),
+                    ("Probability", "calibrated on the model's held-out data"),
+                    *([("Image", "; ".join(f"{k} {v}" for k, v in metadata))] if metadata else [])])
+    _notes(pdf, warnings, FOOTER_Y)
+    _footer(pdf, FOOTER_Y)
     return bytes(pdf.output())
 
 
-def _header(pdf: FPDF, file_name: str, outside_validated_use: str | None) -> None:
+def _header(pdf: FPDF, file_name: str, sha256: str, outside_validated_use: str | None) -> None:
     _line(pdf, "Pneumonia decision support - film report", 16, "B", 8)
     if outside_validated_use:                 # the headline: before anything else about the film
         pdf.set_fill_color(255, 224, 178)
@@ -71,29 +78,50 @@ def _header(pdf: FPDF, file_name: str, outside_validated_use: str | None) -> Non
                        fill=True, padding=1.5, new_x="LMARGIN", new_y="NEXT")
         pdf.ln(1)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    _line(pdf, f"File: {file_name}    Generated: {created}", 9, colour=90)
+    _line(pdf, f"File: {file_name}    Generated: {created}", 9, colour=90, h=4.6)
+    pdf.set_font("Courier", "", 8.5)
+    pdf.cell(0, 4.6, f"sha256 {sha256}", new_x="LMARGIN", new_y="NEXT")      # as in the audit log
+    _line(pdf, INTENDED_USE, 8.5, "I", h=4.4, colour=60)
     pdf.ln(2)
 
 
 def _images(pdf: FPDF, film: np.ndarray, overlay_rgb: np.ndarray, method: str) -> None:
-    """Film and overlay side by side, same size, aspect kept."""
-    top, width, max_h = pdf.get_y(), 87.0, 105.0
+    """Film and overlay side by side, as large as the page allows, same size, aspect kept."""
+    gap = 4.0
+    top, width, max_h = pdf.get_y(), (PAGE_W - 2 * MARGIN - gap) / 2, 118.0
     h, w = film.shape
     img_w, img_h = (width, width * h / w) if width * h / w <= max_h else (max_h * w / h, max_h)
-    for x, img, caption in ((15, to_uint8(shrink(film, 1024)), "Film"),
-                            (108, shrink(overlay_rgb, 1024), f"{method} map for pneumonia (relative, not a lesion outline)")):
-        pdf.image(Image.fromarray(img), x=x, y=top, w=img_w, h=img_h)
+    for x, img, caption in ((MARGIN, to_uint8(shrink(film, 1024)), "Film"),
+                            (MARGIN + width + gap, shrink(overlay_rgb, 1024),
+                             f"{method} map for pneumonia (relative, not a lesion outline)")):
+        pdf.image(Image.fromarray(img), x=x + (width - img_w) / 2, y=top, w=img_w, h=img_h)
         pdf.set_xy(x, top + img_h + 1)
         pdf.set_font("Helvetica", "", 8)
         pdf.set_text_color(90)
-        pdf.cell(width, 4, latin1(caption))
-    pdf.set_xy(15, top + img_h + 8)
+        pdf.cell(width, 4, latin1(caption), align="C")
+    pdf.set_xy(MARGIN, top + img_h + 7)
 
 
-def _notes(pdf: FPDF, warnings: Sequence[str], metadata: Sequence[tuple[str, str]], footer: float) -> None:
-    """The warnings (at most 8) and the image's metadata, as many as fit above the footer."""
+def _findings(pdf: FPDF, rows: Sequence[tuple[str, str]]) -> None:
+    """The findings as a two-column table: what, and its value."""
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "", 9)
+    pdf.set_text_color(20)
+    pdf.set_draw_color(200)
+    with pdf.table(col_widths=(32, PAGE_W - 2 * MARGIN - 32), first_row_as_headings=False, line_height=4.6,
+                   padding=1.2, text_align=("LEFT", "LEFT")) as table:
+        for name, value in rows:
+            row = table.row()
+            pdf.set_font("Helvetica", "B", 9)
+            row.cell(latin1(name))
+            pdf.set_font("Helvetica", "", 9)
+            row.cell(latin1(value))
+
+
+def _notes(pdf: FPDF, warnings: Sequence[str], footer: float) -> None:
+    """The warnings (at most 8), as many as fit above the footer."""
     if warnings:
-        pdf.ln(1)
+        pdf.ln(2)
         _line(pdf, "Warnings", 10, "B")
         shown = list(warnings)[:8]
         for i, w_ in enumerate(shown):
@@ -101,14 +129,10 @@ def _notes(pdf: FPDF, warnings: Sequence[str], metadata: Sequence[tuple[str, str
                 _line(pdf, f"({len(shown) - i} more warning(s): see the app.)", 9, "I", h=4.8)
                 break
             _line(pdf, f"- {w_}", 9, h=4.8)
-    if metadata and pdf.get_y() + _height(pdf, "Image: " + "; ".join(f"{k} {v}" for k, v in metadata), 8.5,
-                                          4.5) < footer - 1:
-        pdf.ln(1)
-        _line(pdf, "Image: " + "; ".join(f"{k} {v}" for k, v in metadata), 8.5, colour=60, h=4.5)
 
 
 def _footer(pdf: FPDF, footer: float) -> None:
-    pdf.set_xy(15, footer)
+    pdf.set_xy(MARGIN, footer)
     pdf.set_fill_color(242, 244, 247)
     pdf.set_text_color(20)
     pdf.set_font("Helvetica", "B", 13)

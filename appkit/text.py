@@ -6,7 +6,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 OP_LABELS = {"balanced": "Balanced", "high_sensitivity": "High sensitivity"}
+PRODUCT = "Pneumonia decision support"
 CAUTION = "Decision support, not a diagnosis."
+INTENDED_USE = ("Intended use: decision support for clinicians reading frontal chest radiographs of children, "
+                "for signs of pneumonia. Not validated for adults, lateral films or other body parts; it does not "
+                "replace the reporting clinician's interpretation.")
 
 # What each split is, independent of the model; the numbers and the caveats come from the card.
 SPLIT_ROLES = {
@@ -101,11 +105,39 @@ def film_type_rows(card: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def op_description(card: Mapping[str, Any], name: str, threshold: float) -> str:
-    """'Balanced (threshold 0.496; max Youden J on external/)'."""
+OP_PLAIN = {"balanced": "misses and false alarms weighed alike",
+            "high_sensitivity": "misses fewer pneumonias, at the cost of more false alarms"}
+
+
+def op_plain(name: str, threshold: float) -> str:
+    """The operating point in plain words: 'Balanced (threshold 72.9%)'."""
+    return f"{op_label(name)} (threshold {fmt_pct(threshold)})"
+
+
+def op_meaning(name: str, threshold: float) -> str:
+    """'High sensitivity (threshold 47.3%): misses fewer pneumonias, at the cost of more false alarms'."""
+    return op_plain(name, threshold) + (f": {OP_PLAIN[name]}" if name in OP_PLAIN else "")
+
+
+def op_details(card: Mapping[str, Any], name: str, threshold: float) -> str:
+    """What the operating point means and how it was chosen, for a help popover (the card's rule, its films,
+    and what it measured there), in percentages like every number the main view shows."""
     point = (card.get("operating_points") or {}).get(name) or {}
-    how = "; ".join(x for x in (point.get("rule"), f"chosen on {point['chosen_on']}" if point.get("chosen_on") else None) if x)
-    return f"{op_label(name)} (threshold {threshold:.3f}" + (f"; {how})" if how else ")")
+    text = (f"**{op_label(name)}**: {OP_PLAIN.get(name, 'a named threshold from the model card')}. A film whose "
+            f"calibrated probability is {fmt_pct(threshold)} or more is labelled PNEUMONIA.")
+    if point.get("sensitivity") is not None and point.get("specificity") is not None:
+        text += (f" On the films it was chosen on, it found {fmt_pct(point['sensitivity'])} of pneumonias "
+                 f"(sensitivity) and cleared {fmt_pct(point['specificity'])} of normal films (specificity).")
+    if point.get("rule"):
+        text += f" Rule: {point['rule']}" + (f"; chosen on {point['chosen_on']}" if point.get("chosen_on") else "") + "."
+    return text
+
+
+def op_rule(card: Mapping[str, Any], name: str) -> str | None:
+    """How the card says the operating point was chosen ('max Youden J; chosen on external/'), or None."""
+    point = (card.get("operating_points") or {}).get(name) or {}
+    return "; ".join(x for x in (point.get("rule"), f"chosen on {point['chosen_on']}" if point.get("chosen_on")
+                                 else None) if x) or None
 
 
 def split_description(split: str, artifact: Mapping[str, Any], card: Mapping[str, Any]) -> str:

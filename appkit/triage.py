@@ -8,6 +8,7 @@ batch of decoded films.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -18,11 +19,14 @@ from pneumo_core.model.predict import MODEL_ERRORS, Predictor, Record, model_fai
 from pneumo_core.ops.csvcell import LINE_END, safe_cell
 
 from .analysis import FILM_SIDE, Upload
-from .images import thumbnail_uri
+from .images import placeholder_uri, thumbnail_uri
 
 FLAG_POINT = "high_sensitivity"
-CSV_COLUMNS = ("file", "status", "probability", "label", "flag", "warnings", "message", "model_version",
-               "operating_point", "threshold", "film_type", "outside_validated_use")
+# The CSV names each film by its sha256 (as the audit log does); its file name, which can hold a patient's name,
+# only when the user asks for it (``worklist_csv(..., file_names=True)``: a "file" column first).
+CSV_COLUMNS = ("sha256", "status", "probability", "label", "flag", "warnings", "message", "model_version",
+               "operating_point", "threshold", "film_type", "outside_validated_use", "exported_utc")
+CSV_DIGITS = 4                  # probabilities and thresholds: 0.7293, not 0.7292334728975158
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,11 @@ def film_type_text(film_type: str | None) -> str:
 def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
     """What the page shows (thumbnails included)."""
     return pd.DataFrame({
-        "thumbnail": [r.thumbnail or None for r in rows],
+        "thumbnail": [r.thumbnail or placeholder_uri() for r in rows],     # never None (shown as "None")
         "flag": [r.flag for r in rows],
         "outside": [r.record.outside_validated_use for r in rows],
         "file": [r.record.file for r in rows],
-        "probability": [r.record.probability for r in rows],
+        "probability": [None if r.record.probability is None else 100 * r.record.probability for r in rows],  # %
         "label": [r.record.label or "" for r in rows],
         "film_type": [film_type_text(r.record.film_type) for r in rows],
         "status": [r.status for r in rows],
@@ -130,12 +134,18 @@ def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
     })
 
 
-def worklist_csv(rows: Sequence[TriageRow]) -> bytes:
-    """File name, status, probability, label, flag, warnings, model version, operating point, film type and
-    whether the result is outside validated use: no image, no patient data. Text that starts like a
-    spreadsheet formula is prefixed with ``'`` (``safe_cell``)."""
-    df = pd.DataFrame([{**r.record.to_json(), "flag": r.flag} for r in rows], columns=list(CSV_COLUMNS))
+def worklist_csv(rows: Sequence[TriageRow], *, file_names: bool = False, now: datetime | None = None) -> bytes:
+    """sha256, status, probability and threshold (rounded), label, flag, warnings, model version, operating point,
+    film type, whether the result is outside validated use, and the export's UTC time: no image, no patient data.
+    The file names only with ``file_names`` (the user asked: a name can hold a patient's). Text that starts like
+    a spreadsheet formula is prefixed with ``'`` (``safe_cell``)."""
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    columns = (["file"] if file_names else []) + list(CSV_COLUMNS)
+    df = pd.DataFrame([{**r.record.to_json(), "flag": r.flag, "sha256": r.sha} for r in rows], columns=columns)
     df["warnings"] = [" | ".join(r.record.warnings) for r in rows]
     df["status"] = [r.status for r in rows]
+    for column in ("probability", "threshold"):
+        df[column] = [None if v is None or pd.isna(v) else round(float(v), CSV_DIGITS) for v in df[column]]
+    df["exported_utc"] = stamp
     df = df.map(safe_cell)          # a file name such as '=HYPERLINK(...)' stays text in a spreadsheet
     return df.to_csv(index=False, lineterminator=LINE_END).encode("utf-8")

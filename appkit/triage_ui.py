@@ -1,4 +1,4 @@
-"""Triage page widgets: cached batch run with a progress bar, the worklist table, and its CSV."""
+"""Triage page widgets: cached batch run with a progress bar, the worklist table, its CSV, and the detail dialog."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from pneumo_core.model.predict import outside_detail
 
 from .analysis import Upload
 from .auth_ui import audit_events
+from .films_ui import film_ui, films_for
 from .model import ActiveModel
-from .text import op_label
+from .text import fmt_pct, op_label
 from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
 
 FLAG_TINT = "background-color: #fbe9e7"       # flagged, validated film (pink)
 OUTSIDE_TINT = "background-color: #fff3cd"    # analysed outside validated use, e.g. an adult film (amber)
+TINTED_INK = "color: #1b1f24"                 # dark text on a tinted row: readable in the dark theme too
+ROW_PX, HEADER_PX = 52, 40
+ALL_ROWS = 100                 # the worklist shows this many rows without an inner scroll (at least 50)
+DETAIL_KEY = "_triage_detail"  # session: worklist index shown in the detail dialog
+OPENED_KEY = "_triage_opened"  # session: the selection the dialog was last opened for (closing it keeps it shut)
+OPEN_KEY = "_triage_open"      # session: the dialog is open (until dismissed)
 
 
 def triage_results(model: ActiveModel, uploads: Sequence[Upload], op: str) -> list[TriageRow]:
@@ -46,7 +53,7 @@ def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
     cols[0].metric("Analysed", counts["ok"])
     cols[1].metric("Flagged", sum(r.flag for r in rows),
                    help=f"Films within validated use with a probability at or above the {op_label(flag_name)} "
-                        f"threshold ({flag_thr:.3f}).")
+                        f"threshold ({fmt_pct(flag_thr)}).")
     cols[2].metric("Outside validated use", sum(r.outside for r in rows),
                    help="Analysed, but not a film of the population the model was validated on (e.g. an adult "
                         "film). Listed after the validated films, tinted amber; never flagged.")
@@ -64,26 +71,36 @@ def row_tint(row) -> list[str]:
     return [tint] * len(row)
 
 
-def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> TriageRow | None:
+def row_ink(row) -> list[str]:
+    """Dark text on a tinted row (the dark theme's light text would be unreadable on pink or amber)."""
+    return [TINTED_INK if any(row_tint(row)) else ""] * len(row)
+
+
+def worklist_height(n: int) -> int:
+    """Pixels for a table showing all ``n`` rows (up to ``ALL_ROWS``) with no inner scroll."""
+    return HEADER_PX + ROW_PX * min(max(n, 1), ALL_ROWS) + 2
+
+
+def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> int | None:
     """The worklist (validated films highest probability first, flagged rows tinted pink, films outside
-    validated use after them, tinted amber); returns the selected row."""
+    validated use after them, tinted amber), every row in view up to ``ALL_ROWS``; the selected row's index."""
     flag_name, flag_thr = flag_threshold(model.predictor, op)
     df = worklist_frame(rows)
-    styled = df.style.apply(row_tint, axis=1)
+    styled = df.style.apply(row_tint, axis=1).apply(row_ink, axis=1)
     event = st.dataframe(
-        styled, key="worklist", on_select="rerun", selection_mode="single-row", hide_index=True, row_height=52,
-        height=40 + 52 * min(len(rows), 12),
+        styled, key="worklist", on_select="rerun", selection_mode="single-row", hide_index=True, row_height=ROW_PX,
+        height=worklist_height(len(rows)),
         column_config={
             "thumbnail": st.column_config.ImageColumn("Film", width="small"),
             "flag": st.column_config.CheckboxColumn(
-                "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({flag_thr:.3f})"),
+                "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({fmt_pct(flag_thr)})"),
             "outside": st.column_config.CheckboxColumn(
                 "Outside validated use", width="small",
                 help="Not a film of the population the model was validated on: analysed with a warning (e.g. an "
                      "adult film), or rejected"),
             "file": st.column_config.TextColumn("File", width="medium"),
-            "probability": st.column_config.ProgressColumn("P(pneumonia)", format="percent", min_value=0.0,
-                                                           max_value=1.0, width="medium"),
+            "probability": st.column_config.ProgressColumn("P(pneumonia)", format="%.1f%%", min_value=0.0,
+                                                           max_value=100.0, width="medium"),
             "label": st.column_config.TextColumn("Label", help=f"At the {op_label(op)} operating point"),
             "film_type": st.column_config.TextColumn("Film type", width="small",
                                                      help="The model's film-type check, when it has one"),
@@ -91,11 +108,53 @@ def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> Triag
             "notes": st.column_config.TextColumn("Warnings / errors", width="large"),
         })
     selected = event.selection.rows if event else []
-    return rows[selected[0]] if selected else None
+    return selected[0] if selected else None
 
 
 def csv_ui(rows: Sequence[TriageRow]) -> None:
-    st.download_button("Worklist CSV", worklist_csv(rows), file_name="worklist.csv", mime="text/csv",
-                       on_click="ignore", icon=":material/download:",
-                       help="File name, status, probability, label, flag, warnings, model version, operating "
-                            "point, film type, outside validated use. No images, no patient data.")
+    """The worklist as CSV; file names only when the user ticks the box (they can hold patient names)."""
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    names = right.checkbox("Include file names", key="csv_file_names",
+                           help="File names can hold patient names: leave this off unless you need them. Without "
+                                "them, each film is named by its sha256, as in the audit log.")
+    left.download_button("Worklist CSV", worklist_csv(rows, file_names=names), file_name="worklist.csv",
+                         mime="text/csv", on_click="ignore", icon=":material/download:",
+                         help="sha256, status, probability, label, flag, warnings, model version, operating point, "
+                              "threshold, film type, outside validated use, export time (UTC). No images, no "
+                              "patient data" + (", but the file names you asked for." if names else "."))
+
+
+def detail_ui(rows: Sequence[TriageRow], uploads: Sequence[Upload], model: ActiveModel, op: str,
+              selected: int | None) -> None:
+    """The detail dialog (where the user is looking, not far below the table): opened when a row is newly
+    selected, open until dismissed; a dismissed dialog stays shut until another row is chosen."""
+    if selected != st.session_state.get(OPENED_KEY):
+        st.session_state[OPENED_KEY] = selected
+        st.session_state[OPEN_KEY] = selected is not None
+        if selected is not None:
+            st.session_state[DETAIL_KEY] = selected
+    if st.session_state.get(OPEN_KEY):
+        _detail_dialog(rows, uploads, model, op)
+
+
+def _close() -> None:
+    st.session_state[OPEN_KEY] = False
+
+
+def _step(by: int, n: int) -> None:
+    st.session_state[DETAIL_KEY] = min(max(st.session_state.get(DETAIL_KEY, 0) + by, 0), n - 1)
+
+
+@st.dialog("Film detail", width="large", on_dismiss=_close)
+def _detail_dialog(rows: Sequence[TriageRow], uploads: Sequence[Upload], model: ActiveModel, op: str) -> None:
+    """One worklist film (its film, map, result and report), with previous/next in worklist order."""
+    i = min(st.session_state.get(DETAIL_KEY, 0), len(rows) - 1)
+    prev, where, nxt = st.columns([1, 2, 1], vertical_alignment="center")
+    prev.button("Previous", key="detail_prev", icon=":material/arrow_back:", disabled=i == 0,
+                on_click=_step, args=(-1, len(rows)), width="stretch")
+    where.markdown(f"<div style='text-align:center'>Film {i + 1} of {len(rows)} in the worklist</div>",
+                   unsafe_allow_html=True)
+    nxt.button("Next", key="detail_next", icon=":material/arrow_forward:", disabled=i == len(rows) - 1,
+               on_click=_step, args=(1, len(rows)), width="stretch")
+    upload = next(u for u in uploads if u.sha == rows[i].sha)
+    film_ui(films_for("triage", model, [upload])[0], model, op, key=upload.sha[:16])

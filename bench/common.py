@@ -56,7 +56,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 
 
 def start_streamlit(weights_root: Path, log: Path, timeout_s: float = 90):
-    """`streamlit run app.py` on a free localhost port serving ``weights_root``; (process, url) once healthy."""
+    """The app (`python -m appkit.serve`: `streamlit run app.py` with the model loaded at start) on a free localhost port serving ``weights_root``; (process, url) once healthy."""
     import os
     import socket
     import subprocess
@@ -66,9 +66,9 @@ def start_streamlit(weights_root: Path, log: Path, timeout_s: float = 90):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    exe = ROOT / ".venv" / "bin" / "streamlit"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "streamlit"]
-    cmd += ["run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+    exe = ROOT / ".venv" / "bin" / "python"
+    # as `make run` starts it: the model loads while the server starts (appkit/serve.py)
+    cmd = [str(exe) if exe.is_file() else sys.executable, "-m", "appkit.serve", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PNEUMO_WEIGHTS_DIR": str(weights_root)},
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from appkit.films_ui import film_ui, films_for, uploads_ui
+from appkit.films_ui import uploads_ui
 from appkit.frame import require_app_frame
 from appkit.model import operating_point, require_model
-from appkit.triage_ui import csv_ui, summary_ui, triage_results, worklist_ui
+from appkit.triage_ui import csv_ui, detail_ui, summary_ui, triage_results, worklist_ui
 
 require_app_frame()
 st.title("Triage")
@@ -22,12 +22,7 @@ if not uploads:
 rows = triage_results(model, uploads, op)
 
 summary_ui(rows, model, op)
-selected = worklist_ui(rows, model, op)
 csv_ui(rows)
-
-st.subheader("Detail")
-if selected is None:
-    st.caption("Select a row in the worklist to see the film, its Grad-CAM map and its report.")
-    st.stop()
-upload = next(u for u in uploads if u.sha == selected.sha)
-film_ui(films_for("triage", model, [upload])[0], model, op, key=upload.sha[:16])
+st.caption("Select a row to open its film, Grad-CAM map and report; Previous and Next move along the worklist.")
+selected = worklist_ui(rows, model, op)
+detail_ui(rows, uploads, model, op, selected)

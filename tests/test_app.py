@@ -81,6 +81,9 @@ def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
     return at
 
 
+_DATA_URI = re.compile(r"data:image(?:/|\\+u002f)\w+;base64,[A-Za-z0-9+/=\\]+")   # "/" may be JSON-escaped
+
+
 def texts(at: AppTest) -> str:
     """Every string the page sends to the browser (element protos, main area and sidebar)."""
     out = []
@@ -93,7 +96,9 @@ def texts(at: AppTest) -> str:
             walk(child)
 
     walk(at._tree)
-    return "\n".join(out)
+    # Images drawn inline (the plotly viewer's PNG data URIs) are pixels, not text: their base64 can spell
+    # anything ("Doe" among it).
+    return _DATA_URI.sub("data:image", "\n".join(out))
 
 
 def unescaped(markdown: str) -> str:
@@ -106,7 +111,8 @@ def errors(at: AppTest) -> list[str]:
 
 
 def overlays(at: AppTest) -> list:
-    return [im for im in at.image if any("relative map" in c for c in im.captions)]
+    """The film viewers (film and map side by side in one plotly figure, ``appkit.viewer``)."""
+    return [c for c in at.get("plotly_chart") if '"Film"' in c.proto.spec and "for pneumonia" in c.proto.spec]
 
 
 # --------------------------------------------------------------------------- no model
@@ -131,6 +137,35 @@ def test_broken_model_folder_is_an_error_not_a_traceback(tmp_path, monkeypatch, 
     _clear_caches()
     at = open_app()
     assert any("No model is available" in e and "sha256" in e for e in errors(at))
+
+
+def test_broken_model_warmed_at_start_still_gives_the_clear_refusal(tmp_path, monkeypatch, tiny_model_dir):
+    """Issue #16, item 7: appkit.serve loads the model as the server starts; a broken one is only noted in the
+    log there, and the page still refuses with the reason, as without the warm-up."""
+    from appkit.serve import warm
+
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, root / "broken")
+    (root / "broken" / "model.safetensors").write_bytes(b"not weights")
+    (root / "ACTIVE").write_text("broken\n")
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
+    _clear_caches()
+    assert "sha256" in warm()
+    at = open_app()
+    assert any("No model is available" in e and "sha256" in e for e in errors(at))
+
+
+def test_model_warmed_at_start_is_the_one_the_pages_use(weights, monkeypatch):
+    """The warm-up fills the cache the pages read: the first visitor loads nothing."""
+    from appkit import serve
+    from pneumo_core.model.predict import Predictor
+
+    assert serve.warm() is None
+    loads = []
+    original = Predictor.from_dir.__func__
+    monkeypatch.setattr(Predictor, "from_dir", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
+    at = upload(open_app(), ("a.png", film(3)))
+    assert loads == [] and len(at.metric) == 1
 
 
 # --------------------------------------------------------------------------- sidebar
@@ -163,6 +198,32 @@ def test_promoted_model_is_picked_up_without_restart(weights, tiny_model_dir):
     assert any("promoted-v2" in m.value for m in at.sidebar.markdown)
 
 
+# --------------------------------------------------------------------------- landing
+
+def test_landing_says_what_for_whom_and_its_limits_with_the_upload_below(weights):
+    """Issue #16, item 1: the product's name, what it does, for whom, its limits and the way in, in one view;
+    with films uploaded it shrinks to one line so the results stay in view."""
+    at = open_app()
+    assert [t.value for t in at.title] == ["Pneumonia decision support"]
+    shown = "\n".join(m.value for m in at.main.markdown)
+    for words in ("What it does", "probability of pneumonia", "For whom", "chest films of children", "frontal",
+                  "Its limits", "Decision support, not a diagnosis.", "Upload a chest film below"):
+        assert words in shown, words
+    assert len(at.file_uploader) == 1
+    at = upload(at, ("a.png", film(1)))
+    assert "For whom" not in "\n".join(m.value for m in at.main.markdown)
+    assert any("Intended use" in c.value for c in at.main.caption) and len(at.metric) == 1
+
+
+def test_theme_follows_the_system_with_a_light_and_a_dark_palette():
+    """Issue #16, item 8: the config no longer forces the light theme; both palettes are defined."""
+    import tomllib
+
+    theme = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["theme"]
+    assert "base" not in theme
+    assert {"light", "dark"} <= set(theme) and all("primaryColor" in theme[t] for t in ("light", "dark"))
+
+
 # --------------------------------------------------------------------------- predict
 
 def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights):
@@ -174,17 +235,85 @@ def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights)
     assert any(m.value in (":red-badge[PNEUMONIA]", ":green-badge[NORMAL]") for m in at.markdown)
     # The default operating point is the screening one (a second-opinion tool).
     assert any("High sensitivity" in c.value and "threshold" in c.value for c in at.caption)
-    assert len(overlays(at)) == 1 and any(im.captions == ["Film"] for im in at.image)
+    assert len(overlays(at)) == 1 and any("a relative map" in c.value for c in at.caption)
     assert any("| Format | PNG |" in m.value for m in at.markdown)
     assert at.selectbox(key=next(s.key for s in at.selectbox if s.key.startswith("cam_method_"))).value == "gradcam"
     labels = [d.label for d in at.get("download_button")]
     assert labels == ["Overlay PNG", "PDF report"]
 
 
+def test_predict_main_view_in_plain_words_and_one_number_format(weights):
+    """Issue #16, item 4: thresholds as percentages with one decimal, like probabilities; the operating point
+    named in plain words, its rule ("max Youden J; chosen on external/") only in a help popover; no empty
+    metadata header cell."""
+    at = upload(open_app(), ("film.png", film()))
+    main = [c.value for c in at.main.caption] + [m.value for m in at.main.markdown if not m.value.startswith("**")]
+    pct = re.compile(r"threshold \d{1,3}\.\d%")
+    assert any("High sensitivity (threshold" in c and pct.search(c) for c in main)
+    assert not any(re.search(r"\b0\.\d{2,}", c) for c in main), main        # no 0.622-style thresholds
+    assert not any("Youden" in c or "chosen on" in c for c in main)
+    [popover] = at.get("popover")
+    details = "\n".join(m.value for m in popover.markdown)
+    assert "High sensitivity" in details and "Rule:" in details and re.search(r"\d{1,3}\.\d% or more", details)
+    assert re.fullmatch(r"\d{1,3}\.\d%", at.metric[0].value)
+    table = next(m.value for m in at.markdown if m.value.startswith("| Image metadata"))
+    assert "| |" not in table.splitlines()[0] and table.splitlines()[0].count("|") == 3
+    radio = at.sidebar.radio(key="operating_point")
+    assert all(re.search(r"threshold \d{1,3}\.\d%$", o) for o in radio.options), radio.options
+
+
+def test_viewer_shows_film_and_map_side_by_side_with_window_level(weights):
+    """Issue #16, item 2: one plotly figure, film and map at the film's own resolution with shared (zoomable)
+    axes; window/level presets and sliders change the film shown, from its float pixels."""
+    import json
+
+    from appkit.viewer import PRESETS, window
+
+    at = upload(open_app(), ("film.png", film(size=320)))
+    [chart] = overlays(at)
+    spec = json.loads(chart.proto.spec)
+    images = [t for t in spec["data"] if t["type"] == "image"]
+    assert len(images) == 2 and spec["layout"]["dragmode"] == "pan"
+    assert spec["layout"]["xaxis2"]["matches"] == "x" and spec["layout"]["yaxis2"]["matches"] == "y"
+    before = images[0]["source"]
+    preset = next(s for s in at.selectbox if s.key.startswith("wl_preset_"))
+    preset.set_value("Lungs").run()
+    level = next(s for s in at.slider if s.key.startswith("wl_level_"))
+    assert (level.value, next(s for s in at.slider if s.key.startswith("wl_width_")).value) == PRESETS["Lungs"]
+    after = [t for t in json.loads(overlays(at)[0].proto.spec)["data"] if t["type"] == "image"][0]["source"]
+    assert after != before
+    level.set_value(20).run()
+    assert [t for t in json.loads(overlays(at)[0].proto.spec)["data"] if t["type"] == "image"][0]["source"] != after
+    # the window works on float pixels: 12-bit steps that 8 bits would merge stay apart in a narrow window
+    ramp = np.linspace(0.5, 0.5 + 8 / 4095, 9, dtype=np.float32)
+    assert len(set(window(ramp, 50.1, 0.5).tolist())) > 4
+
+
 def test_several_files_each_get_a_result(weights):
     at = upload(open_app(), ("a.png", film(1)), ("b.png", film(2, False)), ("same-as-a.png", film(1)))
     assert len(at.metric) == 2 and len(overlays(at)) == 2
     assert any("identical" in c.value for c in at.caption)
+
+
+def test_newest_film_first_and_previous_next_move_the_focus(weights):
+    """Issue #16, item 3: the newest upload's result comes first (in view below the upload box); Previous, Next
+    and the film selector bring another film first; every film still gets its result below."""
+    names = ["a.png", "b.png", "c.png"]
+    files = [(n, film(60 + i, i != 1)) for i, n in enumerate(names)]
+    at = upload(open_app(), *files)
+    first = lambda: next(m.value for m in at.markdown if m.value.startswith("##### "))  # noqa: E731
+    assert first() == "##### c\\.png" and len(at.metric) == 3 and len(overlays(at)) == 3
+    assert at.button(key="film_next").disabled
+    at.button(key="film_prev").click().run()
+    assert first() == "##### b\\.png"
+    at.button(key="film_prev").click().run()
+    assert first() == "##### a\\.png" and at.button(key="film_prev").disabled
+    at.button(key="film_next").click().run()
+    assert first() == "##### b\\.png"
+    at.selectbox(key="film_focus").set_value(at.selectbox(key="film_focus").options[0]).run()
+    assert first() == "##### a\\.png"
+    at = upload(at, *files, ("d.png", film(70)))                       # a new upload takes the focus
+    assert first() == "##### d\\.png" and len(at.metric) == 4
 
 
 def test_unreadable_files_are_error_messages_not_exceptions(weights):
@@ -289,7 +418,7 @@ def test_opacity_slider_and_operating_point_reuse_the_cached_cam(weights, monkey
     assert any("Balanced" in c.value for c in at.caption)
     next(s for s in at.selectbox if s.key.startswith("cam_method_")).set_value("gradcam++").run()
     assert calls == ["gradcam", "gradcam++"] and len(overlays(at)) == 1
-    assert "Grad-CAM++" in overlays(at)[0].captions[0]
+    assert "Grad-CAM++ for pneumonia" in overlays(at)[0].proto.spec
 
 
 # --------------------------------------------------------------------------- triage
@@ -327,6 +456,28 @@ def test_triage_detail_view_for_the_selected_row(weights):
     assert len(overlays(at)) == 1
     chosen = at.dataframe[0].value.file.iloc[1]
     assert any(m.value.startswith("##### ") and chosen.split(".")[0] in m.value for m in at.markdown)
+
+
+def test_triage_detail_dialog_moves_along_the_worklist(weights):
+    """Issue #16, item 5: the detail opens in a dialog (where the user looks), with Previous/Next in worklist
+    order; every row shows without an inner scroll (the table is as tall as its rows)."""
+    files = [(f"f{i:02d}.png", film(40 + i, i % 2 == 0)) for i in range(14)]
+    at = upload(open_app("triage"), *files)
+    from appkit.triage_ui import worklist_height
+
+    assert worklist_height(14) >= 40 + 52 * 14 and worklist_height(50) >= 40 + 52 * 50    # was capped at 12 rows
+    order = list(at.dataframe[0].value.file)
+    at.session_state["worklist"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    heading = lambda: [m.value for m in at.markdown if m.value.startswith("##### ")]  # noqa: E731
+    assert heading() == ["##### " + order[0].replace(".", "\\.")]
+    assert at.button(key="detail_prev").disabled and any("Film 1 of 14" in m.value for m in at.markdown)
+    at.button(key="detail_next").click().run()
+    at.button(key="detail_next").click().run()
+    assert heading() == ["##### " + order[2].replace(".", "\\.")] and len(overlays(at)) == 1
+    at.button(key="detail_prev").click().run()
+    assert heading() == ["##### " + order[1].replace(".", "\\.")]
+    assert not at.exception
 
 
 def test_triage_is_not_recomputed_on_a_rerun(weights, monkeypatch):

@@ -72,6 +72,39 @@ def test_worklist_csv_has_no_images_and_no_patient_data(predictor):
     assert not any(s in text for s in SECRETS) and "004Y" not in text
 
 
+def test_worklist_csv_names_films_by_sha256_with_rounded_numbers_time_and_model(predictor):
+    """Issue #16, item 5: rounded probabilities, sha256 (as the audit log), UTC time and model version; the
+    file names (which can hold patient names) only when asked for."""
+    from datetime import datetime, timezone
+
+    uploads = [Upload.of("Doe_Jane_chest.png", film(1)), Upload.of("b.png", film(2, False)),
+               Upload.of("bad.bin", b"\x00junk")]
+    rows = triage(predictor, uploads, "balanced")
+    when = datetime(2026, 12, 2, 18, 30, 5, tzinfo=timezone.utc)
+    text = worklist_csv(rows, now=when).decode()
+    got = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(got[0]) == CSV_COLUMNS and "file" not in got[0] and "Doe_Jane" not in text
+    assert sorted(r["sha256"] for r in got) == sorted(u.sha for u in uploads)
+    assert {r["exported_utc"] for r in got} == {"2026-12-02T18:30:05Z"}
+    assert {r["model_version"] for r in got} == {predictor.version}
+    probs = [r["probability"] for r in got if r["probability"]]
+    assert len(probs) == 2 and all(len(p.split(".")[-1]) <= 4 for p in probs + [got[0]["threshold"]])
+    named = list(csv.DictReader(io.StringIO(worklist_csv(rows, file_names=True, now=when).decode())))
+    assert tuple(named[0]) == ("file", *CSV_COLUMNS) and "Doe_Jane_chest.png" in {r["file"] for r in named}
+
+
+def test_worklist_never_shows_none(predictor):
+    """An unreadable file's thumbnail was a literal "None": it is a placeholder tile now."""
+    from appkit.triage import worklist_frame
+
+    rows = triage(predictor, [Upload.of("a.png", film(1)), Upload.of("bad.bin", b"\x00junk"),
+                              Upload.of("big.png", b"x").refused("Too large.")], "balanced")
+    frame = worklist_frame(rows)
+    assert all(t.startswith("data:image/png;base64,") for t in frame.thumbnail)
+    shown = frame.drop(columns=["probability"]).astype(str).to_numpy().ravel()
+    assert not any(cell in ("None", "nan") for cell in shown), shown
+
+
 FORMULA_NAMES = ["=2+5.png", "+cmd|' /C calc'!A0.png", "@SUM(1).png", "-2+3.png", "\tx.png", "\rx.png",
                  "=HYPERLINK(\"http://evil.example\",\"x\")", "a\r=2+5.png", "b\n@SUM(1).png"]
 
@@ -81,7 +114,7 @@ def test_worklist_csv_cells_never_start_like_a_formula(predictor):
     blank = png(np.full((64, 64), 0.5))
     uploads = [Upload.of(name, film(i) if i % 2 else blank) for i, name in enumerate(FORMULA_NAMES)]
     uploads.append(Upload.of("notes.txt", b"-not an image"))
-    text = worklist_csv(triage(predictor, uploads, "balanced")).decode()
+    text = worklist_csv(triage(predictor, uploads, "balanced"), file_names=True).decode()
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     expected = [n if n[0] in "ab" else "'" + n for n in FORMULA_NAMES] + ["notes.txt"]
     assert sorted(r["file"] for r in rows) == sorted(expected)        # a CR or LF inside a name stays in its cell
@@ -101,9 +134,9 @@ def test_safe_cell_changes_text_only():
 
 def test_pdf_report_is_one_page_with_the_caution(predictor):
     image = decode(Upload.of("film.png", film(3, size=128)), predictor).image
-    pdf = pdf_report(file_name="film.png", film=image.pixels,
+    pdf = pdf_report(file_name="film.png", sha256="ab" * 32, film=image.pixels,
                      overlay_rgb=np.zeros((*image.pixels.shape, 3), np.uint8), probability=0.734, label="PNEUMONIA",
-                     operating_point="High sensitivity (threshold 0.120)", model_version="v-test",
+                     operating_point="High sensitivity (threshold 12.0%)", model_version="v-test",
                      card_line="Data: x · init: imagenet · external AUC 0.950 (0.930–0.970)", method="Grad-CAM",
                      warnings=["Patient older than the pediatric training population (1–5 years)"],
                      metadata=[("Modality", "DX")], outside_validated_use="The image is blank.")
@@ -115,6 +148,38 @@ def test_pdf_report_is_one_page_with_the_caution(predictor):
                   "external AUC 0.950 (0.930-0.970)", "(1-5 years)"):
         assert words in content, words
     assert content.index("OUTSIDE VALIDATED USE") < content.index("Probability of pneumonia")   # the headline
+
+
+def pdf_text(pdf: bytes) -> str:
+    """The text a PDF draws, from its content streams (fpdf2 writes each string in one piece)."""
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, flags=re.S)
+    return b"".join(_inflate(s) for s in streams).decode("latin-1").replace("\\(", "(").replace("\\)", ")")
+
+
+def test_pdf_report_has_sha256_intended_use_plain_operating_point_and_findings_table(predictor):
+    """Issue #16, item 6: the input's sha256 (as the audit log has it), an intended-use line, the operating point
+    in plain words with its rule apart, film and map large, the findings as a table."""
+    import hashlib
+
+    from appkit.text import op_meaning
+
+    data = film(3, size=128)
+    up = Upload.of("film.png", data)
+    image = decode(up, predictor).image
+    pdf = pdf_report(file_name="film.png", sha256=up.sha, film=image.pixels,
+                     overlay_rgb=np.zeros((*image.pixels.shape, 3), np.uint8), probability=0.25, label="NORMAL",
+                     operating_point=op_meaning("balanced", 0.7293),
+                     operating_point_details="max Youden J; chosen on external/", model_version="v-test",
+                     card_line="Data: x", method="Grad-CAM", metadata=[("Modality", "DX")])
+    text = pdf_text(pdf)
+    assert f"sha256 {hashlib.sha256(data).hexdigest()}" in text
+    assert "Intended use: decision support" in text and "children" in text
+    assert "Balanced (threshold 72.9%): misses and false alarms weighed alike" in text
+    assert "How it was chosen" in text and "max Youden J; chosen on external/" in text
+    assert "Operating point" in text and "Modality DX" in text
+    # film and map each drawn at least 85 mm wide (q w 0 0 h x y cm, in points): the page is used
+    sizes = [float(w) for w in re.findall(r"q ([\d.]+) 0 0 [\d.]+ [\d.]+ [\d.]+ cm", text)]
+    assert len(sizes) == 2 and min(sizes) >= 85 / 25.4 * 72, sizes
 
 
 def _inflate(data: bytes) -> bytes:
@@ -167,3 +232,14 @@ def test_pages_do_not_touch_torch_and_plain_helpers_do_not_import_streamlit():
         assert ".net" not in script.read_text() and "nn." not in script.read_text(), script
     for name in ("analysis", "triage", "charts", "report", "text", "images"):
         assert "streamlit" not in _imports(ROOT / "appkit" / f"{name}.py"), name
+
+
+def test_worklist_shows_percentages_like_every_other_number(predictor):
+    """Issue #16, item 4: the worklist's probability column holds percentages (shown with one decimal), not
+    fractions that the table rounded raggedly (99.7% beside 99.71%)."""
+    from appkit.triage import worklist_frame
+
+    rows = triage(predictor, [Upload.of("a.png", film(1)), Upload.of("bad.bin", b"\x00junk")], "balanced")
+    frame = worklist_frame(rows)
+    ok = rows[0].record.probability
+    assert frame.probability.iloc[0] == pytest.approx(100 * ok) and frame.probability.isna().iloc[1]

@@ -198,9 +198,9 @@ def test_worklist_frame_marks_and_tints_outside_validated_rows_apart_from_flags(
 
 def test_worklist_csv_has_film_type_and_outside_validated_use():
     text = worklist_csv([row("child", p=0.9, film_type=PEDIATRIC), row("adult", p=0.7, outside=True,
-                                                                          film_type=ADULT)]).decode()
+                                                                          film_type=ADULT)], file_names=True).decode()
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert tuple(rows[0]) == CSV_COLUMNS and {"film_type", "outside_validated_use"} <= set(CSV_COLUMNS)
+    assert tuple(rows[0]) == ("file", *CSV_COLUMNS) and {"film_type", "outside_validated_use"} <= set(CSV_COLUMNS)
     assert [(r["file"], r["film_type"], r["outside_validated_use"]) for r in rows] == [
         ("child", PEDIATRIC, "False"), ("adult", ADULT, "True")]
 

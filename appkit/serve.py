@@ -1,0 +1,56 @@
+"""`python -m appkit.serve [streamlit flags]`: `streamlit run app.py`, with the active model loaded as the server
+starts, before the first visitor (``make run`` and the browser tests start the app this way).
+
+Streamlit runs app.py only when a visitor's session starts, so without this the first visitor waited for the
+model (torch, weights, guard: 20 s on a small machine) and the first prediction for the network's first
+passes. Here a background thread fills the same ``st.cache_resource`` entry the pages read
+(``appkit.model.load_active``) and runs one Grad-CAM on a blank film, while the server starts. A visitor who
+comes sooner waits on that cache entry, not for a second load. A model that cannot be loaded is only noted
+in the server log here: the pages still say why, as they do without this.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from streamlit.web import cli
+
+from pneumo_core.ingest.read import XrayImage
+from pneumo_core.model.explain import explain
+from pneumo_core.model.predict import MODEL_ERRORS
+
+from .model import active_model_or_error
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+log = logging.getLogger("pneumo.serve")
+
+
+def warm() -> str | None:
+    """Load the active model into the shared cache and run the network once; the error (no traceback, no file
+    name) when there is no usable model, else None."""
+    t = time.perf_counter()
+    model, error = active_model_or_error()
+    if model is None:
+        log.warning("No model loaded at start (the pages say why): %s", error)
+        return error
+    try:      # the first forward and backward passes are slow (allocator, kernels): do them before a visitor
+        explain(model.predictor, XrayImage(np.full((256, 256), 0.5, dtype=np.float32)))
+    except MODEL_ERRORS as exc:     # a warm-up only: the pages report a failure that recurs
+        log.warning("Model warm-up pass failed (%s); the pages will report it if it recurs.", type(exc).__name__)
+    log.warning("Model %s loaded at start in %.1f s.", model.version, time.perf_counter() - t)
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    threading.Thread(target=warm, name="pneumo-warm-model", daemon=True).start()
+    sys.argv = ["streamlit", "run", APP, *(sys.argv[1:] if argv is None else argv)]
+    sys.exit(cli.main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The film viewer: the film and its Grad-CAM map side by side in one plotly figure, with window/level.
+
+The two panels share their axes, so zoom and pan move both and the map stays registered on the film. The
+film is shown at the resolution it is kept at (``analysis.FILM_SIDE`` a side at most), and window/level is
+applied to its float pixels (the full bit depth the reader kept: a 12-bit DICOM's levels, not 8-bit ones).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from .images import to_uint8
+
+# Window presets as (level, width) in percent of the film's range (the reader maps it to [0, 1]).
+PRESETS = {"Full range": (50, 100), "Lungs": (40, 60), "Mediastinum": (62, 45), "Bone": (75, 50)}
+CONFIG = {"scrollZoom": True, "displaylogo": False, "doubleClick": "reset",
+          "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
+HEIGHT_PX = 500
+
+
+def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Film pixels in [0, 1] -> uint8 through a window centred on ``level`` (percent) ``width`` (percent) wide."""
+    lo, w = (level - width / 2) / 100, max(width, 0.5) / 100
+    return to_uint8((pixels.astype(np.float32) - lo) / w)
+
+
+def _apply_preset(key: str) -> None:
+    level, width = PRESETS[st.session_state[f"wl_preset_{key}"]]
+    st.session_state[f"wl_level_{key}"], st.session_state[f"wl_width_{key}"] = level, width
+
+
+def windowing_ui(key: str, slots) -> tuple[float, float]:
+    """A preset and its level and width sliders (percent of the film's range), in three ``slots``; (level, width)."""
+    for name, value in (("level", 50), ("width", 100)):
+        st.session_state.setdefault(f"wl_{name}_{key}", value)
+    preset, level, width = slots
+    preset.selectbox("Window", list(PRESETS), key=f"wl_preset_{key}", on_change=_apply_preset, args=(key,),
+                     help="Window/level presets on the film's full bit depth. Lungs widens the grey levels of "
+                          "the lung fields; Bone and Mediastinum those of the denser parts.")
+    lvl = level.slider("Level", 0, 100, key=f"wl_level_{key}", help="Centre of the window, % of the film's range")
+    wid = width.slider("Width", 1, 100, key=f"wl_width_{key}", help="Width of the window, % of the film's range")
+    return float(lvl), float(wid)
+
+
+def _uri(image: np.ndarray) -> str:
+    """uint8 grey or RGB -> PNG data URI (plotly's image trace draws it at its own resolution)."""
+    bgr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def viewer_figure(film_u8: np.ndarray, overlay_rgb: np.ndarray, map_title: str) -> go.Figure:
+    """Film and map side by side, same size, shared axes (zoom and pan move both); drag pans, wheel zooms."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.01,
+                        subplot_titles=("Film", map_title))
+    for col, image in ((1, film_u8), (2, overlay_rgb)):
+        fig.add_trace(go.Image(source=_uri(image), hoverinfo="skip"), row=1, col=col)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", constrain="domain")
+    fig.update_yaxes(scaleanchor="x", row=1, col=1)          # square pixels
+    fig.update_xaxes(matches="x", row=1, col=2)              # the map's axes are the film's: zoom and pan move both
+    fig.update_yaxes(matches="y", row=1, col=2)
+    fig.update_layout(height=HEIGHT_PX, margin=dict(l=0, r=0, t=28, b=0), dragmode="pan",
+                      paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", uirevision="film",
+                      font=dict(size=12))
+    fig.update_annotations(font_size=12)
+    return fig
+
+
+def viewer_ui(film_u8: np.ndarray, overlay_rgb: np.ndarray, map_title: str, key: str) -> None:
+    st.plotly_chart(viewer_figure(film_u8, overlay_rgb, map_title), key=f"viewer_{key}", config=CONFIG,
+                    width="stretch")
