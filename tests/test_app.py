@@ -128,28 +128,27 @@ def test_no_model_is_a_clear_error_on_every_page(page, tmp_path, monkeypatch):
     assert "Traceback" not in texts(at)
 
 
-def test_broken_model_folder_is_an_error_not_a_traceback(tmp_path, monkeypatch, tiny_model_dir):
+@pytest.fixture()
+def broken_active_model(tmp_path, monkeypatch, tiny_model_dir) -> None:
+    """The active version's weights file is not weights (its sha256 no longer matches the card)."""
     root = tmp_path / "weights"
     shutil.copytree(tiny_model_dir, root / "broken")
     (root / "broken" / "model.safetensors").write_bytes(b"not weights")
     (root / "ACTIVE").write_text("broken\n")
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
     _clear_caches()
+
+
+def test_broken_model_folder_is_an_error_not_a_traceback(broken_active_model):
     at = open_app()
     assert any("No model is available" in e and "sha256" in e for e in errors(at))
 
 
-def test_broken_model_warmed_at_start_still_gives_the_clear_refusal(tmp_path, monkeypatch, tiny_model_dir):
+def test_broken_model_warmed_at_start_still_gives_the_clear_refusal(broken_active_model):
     """Issue #16, item 7: appkit.serve loads the model as the server starts; a broken one is only noted in the
     log there, and the page still refuses with the reason, as without the warm-up."""
     from appkit.serve import warm
 
-    root = tmp_path / "weights"
-    shutil.copytree(tiny_model_dir, root / "broken")
-    (root / "broken" / "model.safetensors").write_bytes(b"not weights")
-    (root / "ACTIVE").write_text("broken\n")
-    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(root))
-    _clear_caches()
     assert "sha256" in warm()
     at = open_app()
     assert any("No model is available" in e and "sha256" in e for e in errors(at))
