@@ -12,7 +12,9 @@ import io
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -46,6 +48,24 @@ def dicom_bytes(pixels: np.ndarray) -> bytes:
                       PatientName="Browser^Secret", PatientID="ID-BROWSER-777", PatientAge="003Y", PatientSex="M")
 
 
+@contextmanager
+def served_browser(weights_root: Path, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """The app served on ``weights_root`` (as ``make run`` serves it) and headless Chromium: (browser, url).
+    Both are stopped however the test ends."""
+    from playwright.sync_api import sync_playwright
+
+    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield browser, url
+            finally:
+                browser.close()
+    finally:
+        stop_streamlit(proc)
+
+
 @pytest.fixture()
 def weights_root(tmp_path, tiny_model_dir) -> Path:
     root = tmp_path / "weights"
@@ -56,47 +76,39 @@ def weights_root(tmp_path, tiny_model_dir) -> Path:
 
 def test_upload_png_and_dicom_shows_probabilities_and_overlays(weights_root, tmp_path):
     require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     rng = np.random.default_rng(7)
     files = [{"name": "film.png", "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, True, 320))},
              {"name": "study.dcm", "mimeType": "application/dicom",
               "buffer": dicom_bytes(synthetic_film(rng, False, 288))}]
     ARTIFACTS.mkdir(exist_ok=True)
-    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1500, "height": 2000})
-                page.goto(url, wait_until="domcontentloaded")
-                # the landing (issue #16, item 1): name, purpose, users, limits and the upload box in one screen
-                page.set_viewport_size({"width": 1400, "height": 1000})
-                dropzone = page.locator('[data-testid="stFileUploaderDropzone"]')
-                expect(dropzone).to_be_visible(timeout=90_000)
-                page.wait_for_timeout(500)
-                landing_bottom = dropzone.bounding_box()["y"] + dropzone.bounding_box()["height"]
-                landing = page.locator('[data-testid="stMain"]').inner_text()
-                page.screenshot(path=str(ARTIFACTS / "browser_landing.png"))
-                page.set_viewport_size({"width": 1500, "height": 2000})
-                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
-                metrics = page.locator('[data-testid="stMetricValue"]')
-                expect(metrics).to_have_count(2, timeout=90_000)
-                expect(page.get_by_text("a relative map", exact=False)).to_have_count(2, timeout=30_000)
-                page.wait_for_function(  # film + overlay for each file, drawn by plotly
-                    "() => document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 4",
-                    timeout=60_000)
-                probabilities = metrics.all_inner_texts()
-                body = page.inner_text("body")
-                zoomed, windowed = zoom_and_window(page)
-                page.screenshot(path=str(ARTIFACTS / "browser_predict.png"), full_page=True)
-                with page.expect_download(timeout=60_000) as dl:     # the first film's report (issue #16, item 6)
-                    page.get_by_role("button", name="PDF report").first.click()
-                report = Path(dl.value.path()).read_bytes()
-            finally:
-                browser.close()
-    finally:
-        stop_streamlit(proc)
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        page = browser.new_page(viewport={"width": 1500, "height": 2000})
+        page.goto(url, wait_until="domcontentloaded")
+        # the landing (issue #16, item 1): name, purpose, users, limits and the upload box in one screen
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        dropzone = page.locator('[data-testid="stFileUploaderDropzone"]')
+        expect(dropzone).to_be_visible(timeout=90_000)
+        page.wait_for_timeout(500)
+        landing_bottom = dropzone.bounding_box()["y"] + dropzone.bounding_box()["height"]
+        landing = page.locator('[data-testid="stMain"]').inner_text()
+        page.screenshot(path=str(ARTIFACTS / "browser_landing.png"))
+        page.set_viewport_size({"width": 1500, "height": 2000})
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
+        metrics = page.locator('[data-testid="stMetricValue"]')
+        expect(metrics).to_have_count(2, timeout=90_000)
+        expect(page.get_by_text("a relative map", exact=False)).to_have_count(2, timeout=30_000)
+        page.wait_for_function(  # film + overlay for each file, drawn by plotly
+            "() => document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 4",
+            timeout=60_000)
+        probabilities = metrics.all_inner_texts()
+        body = page.inner_text("body")
+        zoomed, windowed = zoom_and_window(page)
+        page.screenshot(path=str(ARTIFACTS / "browser_predict.png"), full_page=True)
+        with page.expect_download(timeout=60_000) as dl:     # the first film's report (issue #16, item 6)
+            page.get_by_role("button", name="PDF report").first.click()
+        report = Path(dl.value.path()).read_bytes()
     assert zoomed and windowed
     assert landing_bottom < 1000, landing_bottom                       # the way in, without scrolling
     for words in ("Pneumonia decision support", "For whom", "children", "Its limits", "not a diagnosis"):
@@ -155,37 +167,29 @@ def test_roles_in_a_real_server_direct_url_then_admin_sign_in(weights_root, tmp_
     log records both, without names."""
     require_chromium()
     from conftest_app_helpers import ADMIN_PASSWORD, set_password
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from pneumo_core.ops import audit
 
     set_password()
     ARTIFACTS.mkdir(exist_ok=True)
-    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1600})
-                page.goto(f"{url}/retrain", wait_until="domcontentloaded")     # the first request of the server
-                expect(page.get_by_text("This page is for administrators", exact=False)).to_be_visible(
-                    timeout=90_000)
-                viewer_body = page.inner_text("body")
-                sidebar = page.locator('[data-testid="stSidebar"]')
-                viewer_menu = sidebar.locator('[data-testid="stSidebarNav"]').inner_text()
-                page.screenshot(path=str(ARTIFACTS / "browser_viewer_refused.png"), full_page=True)
-                sidebar.get_by_text("Admin sign-in").click()
-                sidebar.get_by_label("Admin password").fill(ADMIN_PASSWORD)
-                sidebar.get_by_role("button", name="Sign in").click()
-                expect(sidebar.get_by_text("Admin session", exact=False)).to_be_visible(timeout=60_000)
-                page.get_by_role("link", name="Retrain").click()
-                expect(page.get_by_text("Model versions")).to_be_visible(timeout=60_000)
-                page.get_by_role("link", name="Audit log").click()
-                expect(page.get_by_text("Hash chain intact", exact=False)).to_be_visible(timeout=60_000)
-            finally:
-                browser.close()
-    finally:
-        stop_streamlit(proc)
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{url}/retrain", wait_until="domcontentloaded")     # the first request of the server
+        expect(page.get_by_text("This page is for administrators", exact=False)).to_be_visible(
+            timeout=90_000)
+        viewer_body = page.inner_text("body")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        viewer_menu = sidebar.locator('[data-testid="stSidebarNav"]').inner_text()
+        page.screenshot(path=str(ARTIFACTS / "browser_viewer_refused.png"), full_page=True)
+        sidebar.get_by_text("Admin sign-in").click()
+        sidebar.get_by_label("Admin password").fill(ADMIN_PASSWORD)
+        sidebar.get_by_role("button", name="Sign in").click()
+        expect(sidebar.get_by_text("Admin session", exact=False)).to_be_visible(timeout=60_000)
+        page.get_by_role("link", name="Retrain").click()
+        expect(page.get_by_text("Model versions")).to_be_visible(timeout=60_000)
+        page.get_by_role("link", name="Audit log").click()
+        expect(page.get_by_text("Hash chain intact", exact=False)).to_be_visible(timeout=60_000)
     assert "Start training" not in viewer_body and "Model versions" not in viewer_body
     assert "Traceback" not in viewer_body and "Page not found" not in viewer_body
     assert "Predict" in viewer_menu and "Retrain" not in viewer_menu and "Audit log" not in viewer_menu
@@ -210,7 +214,7 @@ def test_triage_detail_opens_in_view_with_next_previous_and_the_csv_columns(weig
     require_chromium()
     import csv
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from appkit.triage import CSV_COLUMNS
 
@@ -219,42 +223,34 @@ def test_triage_detail_opens_in_view_with_next_previous_and_the_csv_columns(weig
     files = [{"name": n, "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, i != 1, 256))}
              for i, n in enumerate(names)]
     ARTIFACTS.mkdir(exist_ok=True)
-    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-                page.goto(f"{url}/triage", wait_until="domcontentloaded")
-                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
-                expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=90_000)
-                csvs = []
-                for tick in (False, True):
-                    if tick:
-                        page.get_by_text("Include file names").click()
-                        page.wait_for_timeout(1500)
-                    with page.expect_download(timeout=30_000) as dl:
-                        page.get_by_role("button", name="Worklist CSV").click()
-                    csvs.append(Path(dl.value.path()).read_text(encoding="utf-8"))
-                page.wait_for_timeout(1000)
-                click_worklist_row(page, 0)
-                dialog = page.get_by_role("dialog")
-                expect(dialog).to_be_visible(timeout=60_000)
-                expect(dialog.get_by_text("Film 1 of 3", exact=False)).to_be_visible(timeout=60_000)
-                box = dialog.bounding_box()
-                heading = dialog.locator("h5").first
-                headings = [heading.inner_text(timeout=60_000)]
-                for step, at in (("Next", 2), ("Next", 3), ("Previous", 2)):
-                    dialog.get_by_role("button", name=step).click()
-                    expect(dialog.get_by_text(f"Film {at} of 3", exact=False)).to_be_visible(timeout=60_000)
-                    expect(heading).not_to_have_text(headings[-1], timeout=60_000)
-                    headings.append(heading.inner_text())
-                where = dialog.get_by_text("in the worklist", exact=False).inner_text()
-                page.screenshot(path=str(ARTIFACTS / "browser_triage_detail.png"))
-            finally:
-                browser.close()
-    finally:
-        stop_streamlit(proc)
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(f"{url}/triage", wait_until="domcontentloaded")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
+        expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=90_000)
+        csvs = []
+        for tick in (False, True):
+            if tick:
+                page.get_by_text("Include file names").click()
+                page.wait_for_timeout(1500)
+            with page.expect_download(timeout=30_000) as dl:
+                page.get_by_role("button", name="Worklist CSV").click()
+            csvs.append(Path(dl.value.path()).read_text(encoding="utf-8"))
+        page.wait_for_timeout(1000)
+        click_worklist_row(page, 0)
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible(timeout=60_000)
+        expect(dialog.get_by_text("Film 1 of 3", exact=False)).to_be_visible(timeout=60_000)
+        box = dialog.bounding_box()
+        heading = dialog.locator("h5").first
+        headings = [heading.inner_text(timeout=60_000)]
+        for step, at in (("Next", 2), ("Next", 3), ("Previous", 2)):
+            dialog.get_by_role("button", name=step).click()
+            expect(dialog.get_by_text(f"Film {at} of 3", exact=False)).to_be_visible(timeout=60_000)
+            expect(heading).not_to_have_text(headings[-1], timeout=60_000)
+            headings.append(heading.inner_text())
+        where = dialog.get_by_text("in the worklist", exact=False).inner_text()
+        page.screenshot(path=str(ARTIFACTS / "browser_triage_detail.png"))
     assert box["y"] < 1000 and box["y"] + 200 < 1000 + 1          # the dialog's top is on screen, not far below
     assert "Film 2 of 3" in where
     assert sorted(headings[:3]) == sorted(names) and headings[3] == headings[1]     # three films, then back one
@@ -268,33 +264,25 @@ def test_predict_newest_film_in_view_and_previous_next_across_three_films(weight
     """Issue #16, item 3: after uploading three films the newest one's result is on screen below the upload
     box, and Previous/Next bring each film first."""
     require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     rng = np.random.default_rng(5)
     names = ["first.png", "second.png", "third.png"]
     files = [{"name": n, "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, i != 1, 256))}
              for i, n in enumerate(names)]
-    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(url, wait_until="domcontentloaded")
-                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=90_000)
-                expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(3, timeout=120_000)
-                heading = page.locator('[data-testid="stMain"] h5').first
-                seen = [heading.inner_text()]
-                top = heading.bounding_box()["y"]
-                for step in ("Previous", "Previous", "Next"):
-                    page.get_by_role("button", name=step, exact=True).click()
-                    expect(heading).not_to_have_text(seen[-1], timeout=60_000)
-                    seen.append(heading.inner_text())
-                page.screenshot(path=str(ARTIFACTS / "browser_predict_three.png"))
-            finally:
-                browser.close()
-    finally:
-        stop_streamlit(proc)
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=90_000)
+        expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(3, timeout=120_000)
+        heading = page.locator('[data-testid="stMain"] h5').first
+        seen = [heading.inner_text()]
+        top = heading.bounding_box()["y"]
+        for step in ("Previous", "Previous", "Next"):
+            page.get_by_role("button", name=step, exact=True).click()
+            expect(heading).not_to_have_text(seen[-1], timeout=60_000)
+            seen.append(heading.inner_text())
+        page.screenshot(path=str(ARTIFACTS / "browser_predict_three.png"))
     assert 0 < top < 1000                                    # the newest film's result is on screen
     assert seen == ["third.png", "second.png", "first.png", "second.png"]
 
@@ -303,30 +291,22 @@ def test_light_and_dark_themes_follow_the_system_on_every_page(weights_root, tmp
     """Issue #16, item 8: no forced light theme; the app follows the system (and a user can choose in Settings).
     Screenshots of each page in both themes go to test-artifacts/."""
     require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
     background = ("() => getComputedStyle(document.querySelector('[data-testid=stApp]')).backgroundColor"
                   ".match(/\\d+/g).slice(0, 3).map(Number)")
     seen: dict[tuple[str, str], list[int]] = {}
-    proc, url = start_streamlit(weights_root, tmp_path / "streamlit.log")
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                for scheme in ("light", "dark"):
-                    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
-                    for name, path in (("predict", ""), ("triage", "/triage"), ("metrics", "/metrics")):
-                        page.goto(f"{url}{path}", wait_until="domcontentloaded")
-                        expect(page.locator('[data-testid="stSidebar"]').get_by_text("Version")).to_be_visible(
-                            timeout=90_000)
-                        page.wait_for_timeout(1500)
-                        seen[(scheme, name)] = page.evaluate(background)
-                        page.screenshot(path=str(ARTIFACTS / f"browser_{name}_{scheme}.png"))
-                    page.close()
-            finally:
-                browser.close()
-    finally:
-        stop_streamlit(proc)
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        for scheme in ("light", "dark"):
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
+            for name, path in (("predict", ""), ("triage", "/triage"), ("metrics", "/metrics")):
+                page.goto(f"{url}{path}", wait_until="domcontentloaded")
+                expect(page.locator('[data-testid="stSidebar"]').get_by_text("Version")).to_be_visible(
+                    timeout=90_000)
+                page.wait_for_timeout(1500)
+                seen[(scheme, name)] = page.evaluate(background)
+                page.screenshot(path=str(ARTIFACTS / f"browser_{name}_{scheme}.png"))
+            page.close()
     for (scheme, name), rgb in seen.items():
         assert (sum(rgb) / 3 > 200) if scheme == "light" else (sum(rgb) / 3 < 60), (scheme, name, rgb)
