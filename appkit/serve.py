@@ -6,11 +6,18 @@ model (torch, weights, guard: 20 s on a small machine) and the first prediction 
 passes. Here a background thread fills the same ``st.cache_resource`` entry the pages read
 (``appkit.model.load_active``) and runs one Grad-CAM on a blank film, while the server starts. A visitor who
 comes sooner waits on that cache entry, not for a second load. A model that cannot be loaded is only noted
-in the server log here: the pages still say why, as they do without this.
+in the server log here: the pages still say why, as they do without this. The same thread imports the pages'
+modules (the PDF writer, plotly, the charts), so the first visitor's page does not wait for them either.
+
+Threads: the server runs each film's network passes on one CPU thread (``PNEUMO_SERVE_THREADS``, default 1).
+Two OpenMP threads on a small machine that is also drawing pages, or serving a second session, spin-wait for
+each other: a Grad-CAM took 0.6-0.85 s that way against 0.11-0.3 s on one thread (bench/bench_app_browser.py).
+Training runs in its own worker process and keeps its own setting.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import threading
@@ -18,8 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from streamlit.web import cli
 
+from pneumo_core.env import env_number
 from pneumo_core.ingest.read import XrayImage
 from pneumo_core.model.explain import explain
 from pneumo_core.model.predict import MODEL_ERRORS
@@ -28,6 +37,15 @@ from .model import active_model_or_error
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 log = logging.getLogger("pneumo.serve")
+SERVE_THREADS = 1
+# What the pages import beyond the model (app.py imports the rest): loaded here, before the first visitor.
+PAGE_MODULES = ("appkit.films_ui", "appkit.triage_ui", "appkit.metrics_ui", "appkit.charts", "appkit.retrain_ui",
+                "appkit.audit_ui")
+
+
+def serve_threads() -> int:
+    """CPU threads for one film's network passes in the server (``PNEUMO_SERVE_THREADS``, default 1)."""
+    return int(env_number("PNEUMO_SERVE_THREADS", SERVE_THREADS, cast=int, allow_zero=False))
 
 
 def warm() -> str | None:
@@ -46,8 +64,14 @@ def warm() -> str | None:
     return None
 
 
+def warm_pages() -> None:
+    for name in PAGE_MODULES:
+        importlib.import_module(name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    threading.Thread(target=warm, name="pneumo-warm-model", daemon=True).start()
+    torch.set_num_threads(serve_threads())      # before any thread runs the network (each reads this setting)
+    threading.Thread(target=lambda: (warm(), warm_pages()), name="pneumo-warm-model", daemon=True).start()
     sys.argv = ["streamlit", "run", APP, *(sys.argv[1:] if argv is None else argv)]
     sys.exit(cli.main())
 

@@ -167,6 +167,29 @@ def test_model_warmed_at_start_is_the_one_the_pages_use(weights, monkeypatch):
     assert loads == [] and len(at.metric) == 1
 
 
+def test_the_server_runs_the_network_on_one_thread_unless_told_and_warms_the_pages(monkeypatch):
+    """appkit.serve: one CPU thread per film's network passes by default (two spin-waited for each other on the
+    2-core machine while Chromium drew the page), PNEUMO_SERVE_THREADS to change it, nonsense ignored; and
+    the pages' modules load before the first visitor."""
+    import subprocess
+    import sys
+
+    from appkit import serve
+
+    monkeypatch.delenv("PNEUMO_SERVE_THREADS", raising=False)
+    assert serve.serve_threads() == 1
+    monkeypatch.setenv("PNEUMO_SERVE_THREADS", "4")
+    assert serve.serve_threads() == 4
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("PNEUMO_SERVE_THREADS", bad)
+        assert serve.serve_threads() == 1
+    # in a fresh interpreter: re-importing modules here would leave this one holding two copies of them
+    code = ("import sys; from appkit import serve; before = [m for m in serve.PAGE_MODULES if m in sys.modules]; "
+            "serve.warm_pages(); print(before, all(m in sys.modules for m in serve.PAGE_MODULES))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split("\n")[0] == "[] True", out.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- sidebar
 
 def test_sidebar_shows_model_card_summary_and_operating_point(weights, tiny_model_dir):
@@ -286,6 +309,37 @@ def test_viewer_shows_film_and_map_side_by_side_with_window_level(weights):
     # the window works on float pixels: 12-bit steps that 8 bits would merge stay apart in a narrow window
     ramp = np.linspace(0.5, 0.5 + 8 / 4095, 9, dtype=np.float32)
     assert len(set(window(ramp, 50.1, 0.5).tolist())) > 4
+
+
+def test_viewer_draws_the_film_at_its_own_resolution_as_jpeg(weights):
+    """The viewer's images are the kept film and its map at the film's own size (not a 224 px copy), as JPEG
+    data URIs (a fraction of PNG's bytes and encoding time); the film panel is the windowed film itself."""
+    import base64
+    import json
+
+    import cv2
+
+    at = upload(open_app(), ("film.png", film(size=320)))
+    spec = json.loads(overlays(at)[0].proto.spec)
+    sources = [t["source"] for t in spec["data"] if t["type"] == "image"]
+    assert all(s.startswith("data:image/jpeg;base64,") for s in sources)
+    decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(s.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
+               for s in sources]
+    assert [d.shape[:2] for d in decoded] == [(320, 320), (320, 320)]
+    assert decoded[0].ndim == 2 and decoded[1].ndim == 3        # the grey film, the coloured map over it
+
+
+def test_predict_fetches_the_viewer_code_before_any_upload_and_drops_it_after(weights):
+    """Before any upload, Predict holds one empty chart in a hidden container, so the browser loads the chart
+    code while the user picks a file; once a film is uploaded that placeholder is gone."""
+    from appkit.viewer import PREFETCH_KEY
+
+    at = open_app()
+    [chart] = at.get("plotly_chart")
+    assert '"image"' not in chart.proto.spec
+    assert any(f".st-key-{PREFETCH_KEY}" in h.proto.body and "display:none" in h.proto.body for h in at.get("html"))
+    at = upload(at, ("film.png", film()))
+    assert len(at.get("plotly_chart")) == len(overlays(at)) == 1
 
 
 def test_several_files_each_get_a_result(weights):
@@ -437,11 +491,11 @@ def test_triage_worklist_sorted_flagged_with_inline_errors(weights):
     assert list(df.status) == ["ok"] * 7 + ["rejected", "error"]            # problems listed last, inline
     assert "text file" in df.notes.iloc[-1] and "blank" in df.notes.iloc[-2]
     assert df.thumbnail.iloc[0].startswith("data:image/png;base64,")
-    assert df.flag.dtype == bool
-    assert {m.label: m.value for m in at.metric} == {"Analysed": "7", "Flagged": str(int(df.flag.sum())),
+    assert set(df.flag) <= {"Flagged", ""}       # words: a checkbox column looked like the row-select column
+    assert {m.label: m.value for m in at.metric} == {"Analysed": "7", "Flagged": str(int((df.flag != "").sum())),
                                                      "Outside validated use": "0", "Rejected": "1",
                                                      "Unreadable": "1"}
-    assert list(df.outside) == [False] * 7 + [True, False]     # the rejected film; no film-type check here
+    assert list(df.outside) == [""] * 7 + ["Outside", ""]     # the rejected film; no film-type check here
     assert [d.label for d in at.get("download_button")] == ["Worklist CSV"]
     assert not any(secret in texts(at) for secret in SECRETS)
 
