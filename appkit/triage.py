@@ -26,6 +26,7 @@ FLAG_POINT = "high_sensitivity"
 # only when the user asks for it (``worklist_csv(..., file_names=True)``: a "file" column first).
 CSV_COLUMNS = ("sha256", "status", "probability", "label", "flag", "warnings", "message", "model_version",
                "operating_point", "threshold", "film_type", "outside_validated_use", "exported_utc")
+FLAGGED, OUTSIDE = "Flagged", "Outside"      # the worklist's Flag and Outside-validated-use cells (else empty)
 CSV_DIGITS = 4                  # probabilities and thresholds: 0.7293, not 0.7292334728975158
 
 
@@ -123,8 +124,9 @@ def worklist_frame(rows: Sequence[TriageRow]) -> pd.DataFrame:
     """What the page shows (thumbnails included)."""
     return pd.DataFrame({
         "thumbnail": [r.thumbnail or placeholder_uri() for r in rows],     # never None (shown as "None")
-        "flag": [r.flag for r in rows],
-        "outside": [r.record.outside_validated_use for r in rows],
+        # words, not checkboxes: a checkbox column looked like the table's own row-select column
+        "flag": [FLAGGED if r.flag else "" for r in rows],
+        "outside": [OUTSIDE if r.record.outside_validated_use else "" for r in rows],
         "file": [r.record.file for r in rows],
         "probability": [None if r.record.probability is None else 100 * r.record.probability for r in rows],  # %
         "label": [r.record.label or "" for r in rows],

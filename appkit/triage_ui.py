@@ -92,10 +92,10 @@ def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> int |
         height=worklist_height(len(rows)),
         column_config={
             "thumbnail": st.column_config.ImageColumn("Film", width="small"),
-            "flag": st.column_config.CheckboxColumn(
+            "flag": st.column_config.TextColumn(
                 "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({fmt_pct(flag_thr)})"),
-            "outside": st.column_config.CheckboxColumn(
-                "Outside validated use", width="small",
+            "outside": st.column_config.TextColumn(
+                "Validated use", width="small",
                 help="Not a film of the population the model was validated on: analysed with a warning (e.g. an "
                      "adult film), or rejected"),
             "file": st.column_config.TextColumn("File", width="medium"),

@@ -189,7 +189,7 @@ def test_worklist_frame_marks_and_tints_outside_validated_rows_apart_from_flags(
                           row("child2", p=0.1), row("rej", "rejected", None, outside=True)])
     df = worklist_frame(rows)
     assert list(df.file) == ["child", "child2", "adult", "rej"]
-    assert list(df.outside) == [False, False, True, True] and df.outside.dtype == bool
+    assert list(df.outside) == ["", "", "Outside", "Outside"] and list(df.flag) == ["Flagged", "", "Flagged", ""]
     assert list(df.film_type) == ["pediatric frontal", "", "adult frontal", ""]
     tints = [row_tint(r)[0] for _, r in df.iterrows()]
     assert tints == [FLAG_TINT, "", OUTSIDE_TINT, ""]        # a flagged adult film is amber, not pink
@@ -243,10 +243,10 @@ def test_triage_page_lists_adult_films_after_validated_ones_tinted_and_counted_a
     assert set(df.file[:2]) == {"c1.png", "c2.png"}
     assert set(df.file[2:4]) == {"a1.png", "a2.png"} and df.file.iloc[4] == "blank.png"
     assert list(df.probability[2:4]) == sorted(df.probability[2:4], reverse=True)
-    assert list(df.outside) == [False, False, True, True, True]
+    assert list(df.outside) == ["", "", "Outside", "Outside", "Outside"]
     assert list(df.film_type[:4]) == ["pediatric frontal"] * 2 + ["adult frontal"] * 2
     metrics = {m.label: m.value for m in at.metric}
-    flags = list(df.flag)
+    flags = [f == "Flagged" for f in df.flag]
     assert metrics["Outside validated use"] == "2" and metrics["Analysed"] == "4"
     assert any(flags[:2])              # the tiny model flags every film at its high-sensitivity point...
     assert not any(flags[2:4])         # ...but an adult film's number is not one to triage on: never flagged
