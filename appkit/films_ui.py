@@ -26,6 +26,9 @@ RATE_KEY = "_rate_limiter"       # session: RateLimiter
 SEEN_KEY = "_analysed"           # session: sha256 of films already analysed (counted once against the limit)
 FOCUS_KEY = "film_focus"         # session: sha256 of the film shown first on Predict (the film selector's value)
 UPLOADED_KEY = "_uploaded"       # session: sha256 of the films in the upload box at the last run, in order
+# Keyboard: P and N step through films (Predict's film selector, Triage's detail); Streamlit shows the key on
+# the button and ignores it while the user types in a field. C and R are Streamlit's own.
+PREV_KEY, NEXT_KEY = "P", "N"
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
                  "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 
@@ -134,11 +137,11 @@ def film_order_ui(uploads: Sequence[Upload]) -> list[Upload]:
         i = shas.index(st.session_state[FOCUS_KEY])
         prev, pick, nxt = st.columns([1, 4, 1], vertical_alignment="bottom")
         prev.button("Previous", key="film_prev", icon=":material/arrow_back:", disabled=i == 0, width="stretch",
-                    on_click=_focus, args=(shas, i - 1))
+                    on_click=_focus, args=(shas, i - 1), shortcut=PREV_KEY)
         pick.selectbox(f"Film shown first ({len(uploads)} uploaded)", shas, key=FOCUS_KEY,
                        format_func=names.__getitem__)
         nxt.button("Next", key="film_next", icon=":material/arrow_forward:", disabled=i == len(shas) - 1,
-                   width="stretch", on_click=_focus, args=(shas, i + 1))
+                   width="stretch", on_click=_focus, args=(shas, i + 1), shortcut=NEXT_KEY)
     focus = st.session_state[FOCUS_KEY]
     return [u for u in uploads if u.sha == focus] + [u for u in reversed(uploads) if u.sha != focus]
 

@@ -12,6 +12,13 @@ from __future__ import annotations
 import streamlit as st
 
 FRAME_KEY = "_in_app_frame"
+# The upload box lists its files as chips, four to a row here, in a scrolling area that Streamlit sizes to
+# 2.2 rows: the third row was cut through its middle. Exactly three rows (chips 40.5 px high, rows 8 px apart
+# at this theme's font size), and scrolling that stops on a row, so no row is ever shown in part.
+CHIP_ROWS_CSS = """<style>
+[data-testid="stFileChips"] { max-height: calc(3 * 40.5px + 2 * 8px) !important; scroll-snap-type: y mandatory; }
+[data-testid="stFileChip"] { scroll-snap-align: start; }
+</style>"""
 RETRIED_KEY = "_app_frame_retried"
 
 
@@ -28,6 +35,11 @@ def app_pages(admin: bool) -> list:
         st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:", visibility=shown),
         st.Page("pages/audit.py", title="Audit log", icon=":material/policy:", visibility=shown),
     ]
+
+
+def app_style() -> None:
+    """The app's few style rules (app.py, on every page)."""
+    st.html(CHIP_ROWS_CSS)
 
 
 def mark_app_frame() -> None:

@@ -10,7 +10,7 @@ from pneumo_core.model.predict import outside_detail
 
 from .analysis import Upload
 from .auth_ui import audit_events
-from .films_ui import film_ui, films_for
+from .films_ui import NEXT_KEY, PREV_KEY, film_ui, films_for
 from .model import ActiveModel
 from .text import fmt_pct, op_label
 from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
@@ -151,10 +151,10 @@ def _detail_dialog(rows: Sequence[TriageRow], uploads: Sequence[Upload], model: 
     i = min(st.session_state.get(DETAIL_KEY, 0), len(rows) - 1)
     prev, where, nxt = st.columns([1, 2, 1], vertical_alignment="center")
     prev.button("Previous", key="detail_prev", icon=":material/arrow_back:", disabled=i == 0,
-                on_click=_step, args=(-1, len(rows)), width="stretch")
+                on_click=_step, args=(-1, len(rows)), width="stretch", shortcut=PREV_KEY)
     where.markdown(f"<div style='text-align:center'>Film {i + 1} of {len(rows)} in the worklist</div>",
                    unsafe_allow_html=True)
     nxt.button("Next", key="detail_next", icon=":material/arrow_forward:", disabled=i == len(rows) - 1,
-               on_click=_step, args=(1, len(rows)), width="stretch")
+               on_click=_step, args=(1, len(rows)), width="stretch", shortcut=NEXT_KEY)
     upload = next(u for u in uploads if u.sha == rows[i].sha)
     film_ui(films_for("triage", model, [upload])[0], model, op, key=upload.sha[:16])

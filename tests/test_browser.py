@@ -244,8 +244,11 @@ def test_triage_detail_opens_in_view_with_next_previous_and_the_csv_columns(weig
         box = dialog.bounding_box()
         heading = dialog.locator("h5").first
         headings = [heading.inner_text(timeout=60_000)]
-        for step, at in (("Next", 2), ("Next", 3), ("Previous", 2)):
-            dialog.get_by_role("button", name=step).click()
+        for step, at in (("Next", 2), ("n", 3), ("p", 2)):          # a click, then the keyboard shortcuts
+            if len(step) == 1:
+                page.keyboard.press(step)
+            else:
+                dialog.get_by_role("button", name=step).click()
             expect(dialog.get_by_text(f"Film {at} of 3", exact=False)).to_be_visible(timeout=60_000)
             expect(heading).not_to_have_text(headings[-1], timeout=60_000)
             headings.append(heading.inner_text())
@@ -260,9 +263,41 @@ def test_triage_detail_opens_in_view_with_next_previous_and_the_csv_columns(weig
     assert all(len(r["sha256"]) == 64 for r in plain)
 
 
+CHIP_BOXES = """() => { const box = document.querySelector('[data-testid=stFileChips]').getBoundingClientRect();
+  return [...document.querySelectorAll('[data-testid=stFileChip]')].map(c => { const r = c.getBoundingClientRect();
+    return [r.top - box.top, r.bottom - box.top, box.height]; }); }"""
+
+
+def test_upload_box_shows_whole_rows_of_file_chips(weights_root, tmp_path):
+    """Issue #16: with many files, the upload box showed its file chips cut through the middle of a row. Each
+    chip is now wholly in view or wholly out of it (the box scrolls by rows), before and after a scroll."""
+    require_chromium()
+    from playwright.sync_api import expect
+
+    rng = np.random.default_rng(2)
+    files = [{"name": f"film_{i:02d}.png", "mimeType": "image/png", "buffer": png_bytes(synthetic_film(rng, True, 64))}
+             for i in range(20)]
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/triage", wait_until="domcontentloaded")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files, timeout=60_000)
+        expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=90_000)
+        views = [page.evaluate(CHIP_BOXES)]
+        page.locator('[data-testid="stFileChips"]').hover()
+        page.mouse.wheel(0, 30)
+        page.wait_for_timeout(1500)
+        views.append(page.evaluate(CHIP_BOXES))
+    for view in views:
+        assert len(view) == 20
+        assert all(bottom <= height + 1.5 or top >= height - 1.5 for top, bottom, height in view), view
+        assert all(top >= -1.5 or bottom <= 1.5 for top, bottom, _ in view), view
+    assert any(top >= height - 1.5 for top, _, height in views[0])      # more rows than fit: the box scrolls...
+    assert views[1][0][0] < 0                                            # ...and the scroll moved it by a row
+
+
 def test_predict_newest_film_in_view_and_previous_next_across_three_films(weights_root, tmp_path):
     """Issue #16, item 3: after uploading three films the newest one's result is on screen below the upload
-    box, and Previous/Next bring each film first."""
+    box, and Previous/Next (clicked, or their keys P and N) bring each film first."""
     require_chromium()
     from playwright.sync_api import expect
 
@@ -278,8 +313,11 @@ def test_predict_newest_film_in_view_and_previous_next_across_three_films(weight
         heading = page.locator('[data-testid="stMain"] h5').first
         seen = [heading.inner_text()]
         top = heading.bounding_box()["y"]
-        for step in ("Previous", "Previous", "Next"):
-            page.get_by_role("button", name=step, exact=True).click()
+        for step in ("Previous", "p", "n"):              # a click, then the buttons' keyboard shortcuts
+            if len(step) == 1:
+                page.keyboard.press(step)
+            else:
+                page.get_by_role("button", name=re.compile(f"^{step}\\b")).click()      # its name ends in the key
             expect(heading).not_to_have_text(seen[-1], timeout=60_000)
             seen.append(heading.inner_text())
         page.screenshot(path=str(ARTIFACTS / "browser_predict_three.png"))
