@@ -261,11 +261,12 @@ def downloads_ui(film: Film, exp: Explanation, pred: Prediction, model: ActiveMo
                           method=METHOD_LABELS.get(exp.method, exp.method), warnings=pred.warnings,
                           metadata=metadata_rows(film.image.metadata), outside_validated_use=outside)
 
-    left, right = st.columns(2)
-    left.download_button("Overlay PNG", lambda: png_bytes(full_overlay()), file_name=f"{stem}_{exp.method}.png",
-                         mime="image/png", on_click="ignore", key=f"dl_png_{key}", icon=":material/image:")
-    right.download_button("PDF report", report, file_name=f"{stem}_report.pdf", mime="application/pdf",
-                          on_click="ignore", key=f"dl_pdf_{key}", icon=":material/picture_as_pdf:")
+    # one above the other: side by side in the narrow result column, their labels were cut to "Overla…"
+    st.download_button("PDF report", report, file_name=f"{stem}_report.pdf", mime="application/pdf",
+                       on_click="ignore", key=f"dl_pdf_{key}", icon=":material/picture_as_pdf:", width="stretch")
+    st.download_button("Overlay PNG", lambda: png_bytes(full_overlay()), file_name=f"{stem}_{exp.method}.png",
+                       mime="image/png", on_click="ignore", key=f"dl_png_{key}", icon=":material/image:",
+                       width="stretch")
 
 
 # The browser's markdown turns URLs, www. names and e-mail addresses in plain text into links after parsing

@@ -21,7 +21,7 @@ from .images import to_uint8
 PRESETS = {"Full range": (50, 100), "Lungs": (40, 60), "Mediastinum": (62, 45), "Bone": (75, 50)}
 CONFIG = {"scrollZoom": True, "displaylogo": False, "doubleClick": "reset",
           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
-HEIGHT_PX = 500
+HEIGHT_PX = 460
 DISPLAY_JPEG_QUALITY = 95
 PREFETCH_KEY = "viewer_prefetch"      # the hidden container of the chart drawn before any upload
 
@@ -62,20 +62,25 @@ def _uri(image: np.ndarray) -> str:
 
 
 def viewer_figure(film_u8: np.ndarray, overlay_rgb: np.ndarray, map_title: str) -> go.Figure:
-    """Film and map side by side, same size, shared axes (zoom and pan move both); drag pans, wheel zooms."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.01,
-                        subplot_titles=("Film", map_title))
+    """Film and map side by side, same size, shared axes (zoom and pan move both); drag pans, wheel zooms.
+
+    The panels keep square pixels, so a panel is as tall as its width allows; they sit at the top of the
+    figure with their titles just above them (placed on the panels' own domains, which follow the images),
+    not at the top of a taller box with a gap between title and film."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.01)
     for col, image in ((1, film_u8), (2, overlay_rgb)):
         fig.add_trace(go.Image(source=_uri(image), hoverinfo="skip"), row=1, col=col)
     fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, autorange="reversed", constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", constrain="domain", constraintoward="top")
     fig.update_yaxes(scaleanchor="x", row=1, col=1)          # square pixels
     fig.update_xaxes(matches="x", row=1, col=2)              # the map's axes are the film's: zoom and pan move both
     fig.update_yaxes(matches="y", row=1, col=2)
-    fig.update_layout(height=HEIGHT_PX, margin=dict(l=0, r=0, t=28, b=0), dragmode="pan",
+    for axis, title in (("", "Film"), ("2", map_title)):
+        fig.add_annotation(text=title, xref=f"x{axis} domain", yref=f"y{axis} domain", x=0.5, y=1.0,
+                           yanchor="bottom", yshift=3, showarrow=False, font=dict(size=12))
+    fig.update_layout(height=HEIGHT_PX, margin=dict(l=0, r=0, t=24, b=0), dragmode="pan",
                       paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black", uirevision="film",
                       font=dict(size=12))
-    fig.update_annotations(font_size=12)
     return fig
 
 

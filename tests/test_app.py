@@ -261,7 +261,7 @@ def test_predict_png_shows_probability_label_overlay_metadata_downloads(weights)
     assert any("| Format | PNG |" in m.value for m in at.markdown)
     assert at.selectbox(key=next(s.key for s in at.selectbox if s.key.startswith("cam_method_"))).value == "gradcam"
     labels = [d.label for d in at.get("download_button")]
-    assert labels == ["Overlay PNG", "PDF report"]
+    assert labels == ["PDF report", "Overlay PNG"]
 
 
 def test_predict_main_view_in_plain_words_and_one_number_format(weights):
