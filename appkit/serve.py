@@ -49,8 +49,8 @@ def serve_threads() -> int:
 
 
 def warm() -> str | None:
-    """Load the active model into the shared cache and run the network once; the error (no traceback, no file
-    name) when there is no usable model, else None."""
+    """Load the active model into the shared cache, run the network once and import the pages' modules; the
+    error (no traceback, no file name) when there is no usable model, else None."""
     t = time.perf_counter()
     model, error = active_model_or_error()
     if model is None:
@@ -60,7 +60,8 @@ def warm() -> str | None:
         explain(model.predictor, XrayImage(np.full((256, 256), 0.5, dtype=np.float32)))
     except MODEL_ERRORS as exc:     # a warm-up only: the pages report a failure that recurs
         log.warning("Model warm-up pass failed (%s); the pages will report it if it recurs.", type(exc).__name__)
-    log.warning("Model %s loaded at start in %.1f s.", model.version, time.perf_counter() - t)
+    warm_pages()
+    log.warning("Model %s loaded at start in %.1f s (pages' modules too).", model.version, time.perf_counter() - t)
     return None
 
 
@@ -71,7 +72,7 @@ def warm_pages() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(serve_threads())      # before any thread runs the network (each reads this setting)
-    threading.Thread(target=lambda: (warm(), warm_pages()), name="pneumo-warm-model", daemon=True).start()
+    threading.Thread(target=warm, name="pneumo-warm-model", daemon=True).start()
     sys.argv = ["streamlit", "run", APP, *(sys.argv[1:] if argv is None else argv)]
     sys.exit(cli.main())
 

@@ -9,8 +9,8 @@ upload box) and the first prediction in that session. Each warm run opens a fres
 stops the clock when the probability and both images (film and Grad-CAM overlay) are drawn in the viewer.
 The upload starts once the page has finished loading, as a user's would: nobody picks a file in the instant the
 upload box appears. Finished means the viewer's chart code, which the Predict page fetches and runs before any
-upload (``appkit.viewer.prefetch_viewer``), has drawn its hidden chart: 1-1.5 s after the upload box appears
-here. A file dropped sooner waits for that code too (about 1 s more).
+upload (``appkit.viewer.prefetch_viewer``, 2 s after the page's first paint), has drawn its hidden chart:
+about 3.5 s after the upload box appears here. A file dropped sooner waits for that code too (about 1-2 s more).
 Goals: first page <= 3 s, first prediction <= 3 s, warm upload-to-overlay <= 1.5 s (median).
 Uses the active model in weights/ unless --model; the film defaults to a real external/ film enlarged to 1500x1200 JPEG.
 """

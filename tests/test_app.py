@@ -331,10 +331,13 @@ def test_viewer_draws_the_film_at_its_own_resolution_as_jpeg(weights):
 
 def test_predict_fetches_the_viewer_code_before_any_upload_and_drops_it_after(weights):
     """Before any upload, Predict holds one empty chart in a hidden container, so the browser loads the chart
-    code while the user picks a file; once a film is uploaded that placeholder is gone."""
+    code while the user picks a file; not in the page's first run (it held back the first paint), but in the
+    next; once a film is uploaded that placeholder is gone."""
     from appkit.viewer import PREFETCH_KEY
 
     at = open_app()
+    assert not at.get("plotly_chart")
+    at.run()                       # in the browser: the fragment's own rerun, PREFETCH_AFTER_S later
     [chart] = at.get("plotly_chart")
     assert '"image"' not in chart.proto.spec
     assert any(f".st-key-{PREFETCH_KEY}" in h.proto.body and "display:none" in h.proto.body for h in at.get("html"))
