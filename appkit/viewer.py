@@ -23,9 +23,6 @@ CONFIG = {"scrollZoom": True, "displaylogo": False, "doubleClick": "reset",
           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 HEIGHT_PX = 460
 DISPLAY_JPEG_QUALITY = 95
-PREFETCH_KEY = "viewer_prefetch"      # the hidden container of the chart drawn before any upload
-PREFETCH_DUE_KEY = "_viewer_prefetch_due"   # session: the page has been drawn once, the chart may come now
-PREFETCH_AFTER_S = 2.0
 
 
 def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -90,18 +87,3 @@ def viewer_ui(film_u8: np.ndarray, overlay_rgb: np.ndarray, map_title: str, key:
     st.plotly_chart(viewer_figure(film_u8, overlay_rgb, map_title), key=f"viewer_{key}", config=CONFIG,
                     width="stretch")
 
-
-@st.fragment(run_every=PREFETCH_AFTER_S)
-def prefetch_viewer() -> None:
-    """An empty, hidden plotly chart on the page before any upload: the browser fetches and runs the chart code
-    (several MB, loaded only when a page first shows a chart) while the user picks a file, not after.
-
-    Not in the page's first run: loading that code held back the page's first paint (the upload box appeared
-    1.2 s later). The chart comes with this fragment's next run, ``PREFETCH_AFTER_S`` later, or with any
-    later run of the page; its reruns stop as soon as the page has films (the page no longer calls it)."""
-    if not st.session_state.get(PREFETCH_DUE_KEY):
-        st.session_state[PREFETCH_DUE_KEY] = True
-        return
-    with st.container(key=PREFETCH_KEY, height=1, border=False):
-        st.html(f"<style>.st-key-{PREFETCH_KEY}{{display:none}}</style>")
-        st.plotly_chart(go.Figure(), key=f"{PREFETCH_KEY}_chart", config={"staticPlot": True})

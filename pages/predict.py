@@ -6,7 +6,6 @@ from appkit.films_ui import film_order_ui, film_ui, films_for, uploads_ui
 from appkit.frame import require_app_frame
 from appkit.landing import landing_ui
 from appkit.model import operating_point, require_model
-from appkit.viewer import prefetch_viewer
 
 require_app_frame()
 landing_ui(compact=bool(st.session_state.get("predict_upload")))     # name, purpose, users, limits; then the way in
@@ -15,7 +14,6 @@ op = operating_point(model)
 
 uploads = uploads_ui("Chest films", key="predict_upload")
 if not uploads:
-    prefetch_viewer()
     st.caption("One or several frontal chest radiographs: PNG, JPEG or DICOM (a file extension is not needed).")
     st.stop()
 
