@@ -12,13 +12,6 @@ from __future__ import annotations
 import streamlit as st
 
 FRAME_KEY = "_in_app_frame"
-# The upload box lists its files as chips, four to a row here, in a scrolling area that Streamlit sizes to
-# 2.2 rows: the third row was cut through its middle. Exactly three rows (chips 40.5 px high, rows 8 px apart
-# at this theme's font size), and scrolling that stops on a row, so no row is ever shown in part.
-CHIP_ROWS_CSS = """<style>
-[data-testid="stFileChips"] { max-height: calc(3 * 40.5px + 2 * 8px) !important; scroll-snap-type: y mandatory; }
-[data-testid="stFileChip"] { scroll-snap-align: start; }
-</style>"""
 RETRIED_KEY = "_app_frame_retried"
 
 
@@ -35,6 +28,19 @@ def app_pages(admin: bool) -> list:
         st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:", visibility=shown),
         st.Page("pages/audit.py", title="Audit log", icon=":material/policy:", visibility=shown),
     ]
+
+
+# The upload box lists its files as chips, four to a row here, in a scrolling area that Streamlit sizes to
+# 2.25 rows: the third row was cut through its middle. Exactly three rows (chips 2.53125rem high, rows 0.5rem
+# apart) and scrolling that stops on a row, so no row is ever shown in part. Only on screens wide enough for
+# Streamlit's usual layout: in a narrow one it lets the chips list grow and scrolls an inner list instead.
+CHIP_ROWS_CSS = """<style>
+@media (min-width: 40rem) {
+  [data-testid="stFileChips"] { max-height: calc(3 * 2.53125rem + 2 * 0.5rem) !important;
+                                scroll-snap-type: y mandatory; }
+  [data-testid="stFileChip"] { scroll-snap-align: start; }
+}
+</style>"""
 
 
 def app_style() -> None:

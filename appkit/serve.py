@@ -10,9 +10,13 @@ in the server log here: the pages still say why, as they do without this. The sa
 modules (the PDF writer, plotly, the charts), so the first visitor's page does not wait for them either.
 
 Threads: the server runs each film's network passes on one CPU thread (``PNEUMO_SERVE_THREADS``, default 1).
-Two OpenMP threads on a small machine that is also drawing pages, or serving a second session, spin-wait for
-each other: a Grad-CAM took 0.6-0.85 s that way against 0.11-0.3 s on one thread (bench/bench_app_browser.py).
-Training runs in its own worker process and keeps its own setting.
+Each session runs its films in its own script thread, so concurrent sessions already spread over the cores;
+with torch's default (every core for each operation) two films at once, or one film while the same machine
+draws pages, oversubscribe the CPU and OpenMP's threads spin-wait for each other. On the 2-core machine a
+Grad-CAM took 0.6-0.85 s in the server that way against 0.11-0.3 s on one thread (bench/bench_app_browser.py,
+browser on the same machine). The price shows when one user has the machine alone: a 100-film triage here
+took 8.2 s instead of 6.7 s. Raise it for a server with many cores and few users. Training runs in its own worker
+process and keeps its own setting.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def warm() -> str | None:
     """Load the active model into the shared cache, run the network once and import the pages' modules; the
     error (no traceback, no file name) when there is no usable model, else None."""
     t = time.perf_counter()
+    warm_pages()
     model, error = active_model_or_error()
     if model is None:
         log.warning("No model loaded at start (the pages say why): %s", error)
@@ -60,12 +65,12 @@ def warm() -> str | None:
         explain(model.predictor, XrayImage(np.full((256, 256), 0.5, dtype=np.float32)))
     except MODEL_ERRORS as exc:     # a warm-up only: the pages report a failure that recurs
         log.warning("Model warm-up pass failed (%s); the pages will report it if it recurs.", type(exc).__name__)
-    warm_pages()
     log.warning("Model %s loaded at start in %.1f s (pages' modules too).", model.version, time.perf_counter() - t)
     return None
 
 
 def warm_pages() -> None:
+    """Import what the pages import beyond app.py (``PAGE_MODULES``), so the first visitor's run does not."""
     for name in PAGE_MODULES:
         importlib.import_module(name)
 

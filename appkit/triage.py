@@ -26,7 +26,7 @@ FLAG_POINT = "high_sensitivity"
 # only when the user asks for it (``worklist_csv(..., file_names=True)``: a "file" column first).
 CSV_COLUMNS = ("sha256", "status", "probability", "label", "flag", "warnings", "message", "model_version",
                "operating_point", "threshold", "film_type", "outside_validated_use", "exported_utc")
-FLAGGED, OUTSIDE = "Flagged", "Outside"      # the worklist's Flag and Outside-validated-use cells (else empty)
+FLAGGED, OUTSIDE = "Flagged", "Outside"      # the worklist's Flag and "Outside validated use" cells (else empty)
 CSV_DIGITS = 4                  # probabilities and thresholds: 0.7293, not 0.7292334728975158
 
 

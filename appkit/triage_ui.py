@@ -13,7 +13,15 @@ from .auth_ui import audit_events
 from .films_ui import NEXT_KEY, PREV_KEY, film_ui, films_for
 from .model import ActiveModel
 from .text import fmt_pct, op_label
-from .triage import TriageRow, flag_threshold, triage, worklist_csv, worklist_frame
+from .triage import (
+    FLAGGED,
+    OUTSIDE,
+    TriageRow,
+    flag_threshold,
+    triage,
+    worklist_csv,
+    worklist_frame,
+)
 
 FLAG_TINT = "background-color: #fbe9e7"       # flagged, validated film (pink)
 OUTSIDE_TINT = "background-color: #fff3cd"    # analysed outside validated use, e.g. an adult film (amber)
@@ -67,7 +75,10 @@ def summary_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> None:
 
 def row_tint(row) -> list[str]:
     """A worklist row's style: amber for a film analysed outside validated use, else pink when flagged."""
-    tint = OUTSIDE_TINT if row["outside"] and row["status"] == "ok" else FLAG_TINT if row["flag"] else ""
+    if row["outside"] == OUTSIDE and row["status"] == "ok":
+        tint = OUTSIDE_TINT
+    else:
+        tint = FLAG_TINT if row["flag"] == FLAGGED else ""
     return [tint] * len(row)
 
 
@@ -95,7 +106,7 @@ def worklist_ui(rows: Sequence[TriageRow], model: ActiveModel, op: str) -> int |
             "flag": st.column_config.TextColumn(
                 "Flag", width="small", help=f"At or above the {op_label(flag_name)} threshold ({fmt_pct(flag_thr)})"),
             "outside": st.column_config.TextColumn(
-                "Validated use", width="small",
+                "Outside validated use", width="small",
                 help="Not a film of the population the model was validated on: analysed with a warning (e.g. an "
                      "adult film), or rejected"),
             "file": st.column_config.TextColumn("File", width="medium"),

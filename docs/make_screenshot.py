@@ -23,10 +23,11 @@ LIMIT_KB = 300
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--film", default=str(min((DATA / "external" / "PNEUMONIA").glob("*.jpeg"))))
+    ap.add_argument("--film", help="film to upload (default: the first of external/PNEUMONIA)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "predict.jpg"))
     ap.add_argument("--quality", type=int, default=80)
     args = ap.parse_args()
+    film = Path(args.film) if args.film else min((DATA / "external" / "PNEUMONIA").glob("*.jpeg"))
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +38,7 @@ def main() -> None:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="light")
                 page.goto(url)
                 page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-                    {"name": "example_film.jpeg", "mimeType": "image/jpeg", "buffer": Path(args.film).read_bytes()},
+                    {"name": "example_film.jpeg", "mimeType": "image/jpeg", "buffer": film.read_bytes()},
                     timeout=120_000)
                 page.wait_for_function(DONE, timeout=120_000)
                 page.wait_for_timeout(1500)          # the chart's last paint

@@ -147,9 +147,12 @@ def test_broken_model_folder_is_an_error_not_a_traceback(broken_active_model):
 def test_broken_model_warmed_at_start_still_gives_the_clear_refusal(broken_active_model):
     """Issue #16, item 7: appkit.serve loads the model as the server starts; a broken one is only noted in the
     log there, and the page still refuses with the reason, as without the warm-up."""
+    import sys
+
     from appkit.serve import warm
 
     assert "sha256" in warm()
+    assert "appkit.films_ui" in sys.modules          # the pages' modules are loaded even so
     at = open_app()
     assert any("No model is available" in e and "sha256" in e for e in errors(at))
 
@@ -159,7 +162,9 @@ def test_model_warmed_at_start_is_the_one_the_pages_use(weights, monkeypatch):
     from appkit import serve
     from pneumo_core.model.predict import Predictor
 
-    assert serve.warm() is None
+    warmed = []
+    monkeypatch.setattr(serve, "warm_pages", lambda: warmed.append(1))
+    assert serve.warm() is None and warmed == [1]
     loads = []
     original = Predictor.from_dir.__func__
     monkeypatch.setattr(Predictor, "from_dir", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
@@ -180,10 +185,11 @@ def test_the_server_runs_the_network_on_one_thread_unless_told_and_warms_the_pag
     assert serve.serve_threads() == 1
     monkeypatch.setenv("PNEUMO_SERVE_THREADS", "4")
     assert serve.serve_threads() == 4
+    monkeypatch.setattr(serve, "SERVE_THREADS", 3)      # so that "ignored" is not mistaken for "clamped to 1"
     for bad in ("0", "-2", "two", "1.5"):
         monkeypatch.setenv("PNEUMO_SERVE_THREADS", bad)
-        assert serve.serve_threads() == 1
-    # in a fresh interpreter: re-importing modules here would leave this one holding two copies of them
+        assert serve.serve_threads() == 3
+    # in a fresh interpreter: this one has imported the pages' modules already
     code = ("import sys; from appkit import serve; before = [m for m in serve.PAGE_MODULES if m in sys.modules]; "
             "serve.warm_pages(); print(before, all(m in sys.modules for m in serve.PAGE_MODULES))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -313,36 +319,28 @@ def test_viewer_shows_film_and_map_side_by_side_with_window_level(weights):
 
 def test_viewer_draws_the_film_at_its_own_resolution_as_jpeg(weights):
     """The viewer's images are the kept film and its map at the film's own size (not a 224 px copy), as JPEG
-    data URIs (a fraction of PNG's bytes and encoding time); the film panel is the windowed film itself."""
+    data URIs (a fraction of PNG's bytes and encoding time); the film panel is the film itself (full-range
+    window), and each panel is titled, the map with its method."""
     import base64
     import json
 
     import cv2
 
-    at = upload(open_app(), ("film.png", film(size=320)))
+    from pneumo_core.ingest.read import read_xray
+
+    data = film(size=320)
+    at = upload(open_app(), ("film.png", data))
     spec = json.loads(overlays(at)[0].proto.spec)
+    titles = {a["text"]: (a["xref"], a["yref"]) for a in spec["layout"]["annotations"]}
+    assert titles == {"Film": ("x domain", "y domain"), "Grad-CAM for pneumonia": ("x2 domain", "y2 domain")}
     sources = [t["source"] for t in spec["data"] if t["type"] == "image"]
     assert all(s.startswith("data:image/jpeg;base64,") for s in sources)
     decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(s.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
                for s in sources]
     assert [d.shape[:2] for d in decoded] == [(320, 320), (320, 320)]
     assert decoded[0].ndim == 2 and decoded[1].ndim == 3        # the grey film, the coloured map over it
-
-
-def test_predict_fetches_the_viewer_code_before_any_upload_and_drops_it_after(weights):
-    """Before any upload, Predict holds one empty chart in a hidden container, so the browser loads the chart
-    code while the user picks a file; not in the page's first run (it held back the first paint), but in the
-    next; once a film is uploaded that placeholder is gone."""
-    from appkit.viewer import PREFETCH_KEY
-
-    at = open_app()
-    assert not at.get("plotly_chart")
-    at.run()                       # in the browser: the fragment's own rerun, PREFETCH_AFTER_S later
-    [chart] = at.get("plotly_chart")
-    assert '"image"' not in chart.proto.spec
-    assert any(f".st-key-{PREFETCH_KEY}" in h.proto.body and "display:none" in h.proto.body for h in at.get("html"))
-    at = upload(at, ("film.png", film()))
-    assert len(at.get("plotly_chart")) == len(overlays(at)) == 1
+    pixels = read_xray(data, name="film.png").pixels * 255
+    assert np.abs(decoded[0].astype(np.float32) - pixels).mean() < 2      # JPEG at quality 95: the same film
 
 
 def test_several_files_each_get_a_result(weights):
