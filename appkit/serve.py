@@ -42,9 +42,9 @@ from .model import active_model_or_error
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 log = logging.getLogger("pneumo.serve")
 SERVE_THREADS = 1
-# What the pages import beyond the model (app.py imports the rest): loaded here, before the first visitor.
-PAGE_MODULES = ("appkit.films_ui", "appkit.triage_ui", "appkit.metrics_ui", "appkit.charts", "appkit.retrain_ui",
-                "appkit.audit_ui")
+# What the pages import beyond the model (app.py imports the rest, and these import what they need, charts
+# and the PDF writer among it): loaded here, before the first visitor.
+PAGE_MODULES = ("appkit.films_ui", "appkit.triage_ui", "appkit.metrics_ui", "appkit.retrain_ui", "appkit.audit_ui")
 
 
 def serve_threads() -> int:

@@ -86,4 +86,3 @@ def viewer_figure(film_u8: np.ndarray, overlay_rgb: np.ndarray, map_title: str) 
 def viewer_ui(film_u8: np.ndarray, overlay_rgb: np.ndarray, map_title: str, key: str) -> None:
     st.plotly_chart(viewer_figure(film_u8, overlay_rgb, map_title), key=f"viewer_{key}", config=CONFIG,
                     width="stretch")
-

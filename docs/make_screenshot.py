@@ -14,10 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_app_browser import DONE  # noqa: E402  (the result and both viewer images drawn)
 from bench.common import CHROMIUM, CHROMIUM_ARGS, DATA, ROOT, start_streamlit, stop_streamlit  # noqa: E402
 
-DONE = ("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 1 && "
-        "document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 2")
 LIMIT_KB = 300
 
 
