@@ -19,7 +19,7 @@ from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
 from .text import card_summary, fmt_pct, metadata_rows, op_details, op_meaning, op_plain, op_rule
-from .viewer import viewer_ui, window, windowing_ui
+from .viewer import preload_result_code, viewer_ui, window, windowing_ui
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
@@ -40,6 +40,7 @@ def uploads_ui(label: str, *, key: str, help: str | None = None) -> list[Upload]
     files = st.file_uploader(label, accept_multiple_files=True, key=key,
                              help=help or f"Accepted: {ACCEPTED}. Up to {lim.max_file_bytes // 2**20} MB per file "
                                           f"and {lim.max_files} films per batch.") or []
+    preload_result_code()       # a result's browser code loads while the user picks a file
     admission = admit([f.size for f in files], lim)
     for notice in admission.notices:
         st.warning(notice, icon=":material/block:")
@@ -196,6 +197,9 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
                    input_sha256=film.sha, model_version=pred.model_version, probability=pred.probability,
                    operating_point=pred.operating_point, threshold=pred.threshold,
                    detail=outside_detail(film.film_type, analysed_anyway=bool(film.rejection)) if outside else None)
+        with col_result:            # sent before the viewer: the browser shows the result while it draws the films
+            result_ui(pred, model, outside)
+            warnings_ui(pred.warnings)
         shown = window(film.image.pixels, level, width)      # the film as kept, windowed on its float pixels
         with col_view:
             viewer_ui(shown, overlay(shown / 255.0, exp.normalised, alpha=alpha),
@@ -204,8 +208,6 @@ def film_ui(film: Film, model: ActiveModel, op: str, *, key: str) -> None:
                        "within this film), not a lesion outline. Drag to pan, scroll to zoom (both panels move "
                        "together), double-click to reset.")
         with col_result:
-            result_ui(pred, model, outside)
-            warnings_ui(pred.warnings)
             metadata_ui(film)
             downloads_ui(film, exp, pred, model, alpha, outside, key)
 

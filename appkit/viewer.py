@@ -8,6 +8,9 @@ applied to its float pixels (the full bit depth the reader kept: a 12-bit DICOM'
 from __future__ import annotations
 
 import base64
+import functools
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +26,52 @@ CONFIG = {"scrollZoom": True, "displaylogo": False, "doubleClick": "reset",
           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 HEIGHT_PX = 460
 DISPLAY_JPEG_QUALITY = 95
+
+# Streamlit's browser fetches the code for each kind of element (a chart, a slider, a metric...) the first time
+# a page shows one. A film's result brings several at once, plotly's above all (4.7 MB, whose code holds the
+# browser's main thread for 1.0-1.5 s here): a session's first film waited that long for its viewer
+# (docs/viewer-speed.md). The pages with an upload box have the browser load that code itself just after it
+# has drawn the box, so the work is done while the user picks a file and the first paint is not held back.
+# Nothing runs on the server: the browser fetches files Streamlit serves anyway, and when Streamlit later
+# imports one for its element it finds it loaded (one module per URL). Once per browser tab.
+RESULT_CODE = ("Metric", "Selectbox", "Slider", "DownloadButton", "PlotlyChart")   # a result's elements, in order
+RESULT_CODE_WAIT_MS = 10_000                # load it anyway if no upload box has been drawn by then
+RESULT_CODE_SCRIPT = """<script>
+(() => {
+  if (window.__pneumoResultCode) return;
+  window.__pneumoResultCode = true;
+  const main = document.querySelector('script[type="module"][src*="/static/js/"]');
+  const base = main ? main.src : new URL("static/js/", document.baseURI).href;
+  const load = async () => {
+    for (const name of %s) await import(new URL(name, base).href).catch(() => {});
+  };
+  const started = Date.now();
+  const wait = () => {    // Streamlit draws the upload box from code of its own that it fetches first
+    if (document.querySelector('[data-testid="stFileUploaderDropzone"]') || Date.now() - started > %d)
+      requestAnimationFrame(() => setTimeout(load, 0));     // just after the next paint
+    else setTimeout(wait, 50);
+  };
+  wait();
+})();
+</script>"""
+
+
+@functools.cache
+def result_code_files() -> tuple[str, ...]:
+    """The names of the Streamlit files (``static/js/<Element>.<hash>.js``) that hold the code for a result's
+    elements; an element this Streamlit has no single such file for is left out."""
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    found = [sorted(folder.glob(f"{element}.*.js")) for element in RESULT_CODE]
+    return tuple(files[0].name for files in found if len(files) == 1)
+
+
+def preload_result_code() -> None:
+    """Just after an upload box: the browser loads the code for a result's elements once it has drawn the box
+    (see RESULT_CODE_SCRIPT). Only a constant script naming files of Streamlit's own goes to the page. Without
+    such files, nothing is sent: each element then loads its code itself, as it would anyway."""
+    names = result_code_files()
+    if names:
+        st.html(RESULT_CODE_SCRIPT % (json.dumps(list(names)), RESULT_CODE_WAIT_MS), unsafe_allow_javascript=True)
 
 
 def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:

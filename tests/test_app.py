@@ -317,6 +317,26 @@ def test_viewer_shows_film_and_map_side_by_side_with_window_level(weights):
     assert len(set(window(ramp, 50.1, 0.5).tolist())) > 4
 
 
+def test_pages_with_an_upload_box_have_the_browser_load_a_results_code(weights, monkeypatch):
+    """Predict and Triage send one small script naming the Streamlit files that hold the browser code of a
+    result's elements (plotly's chart among them; files this Streamlit has), so the browser loads them while the
+    user picks a film; with no such files, no script. That the browser runs it, and that the result then uses
+    that code, is in test_browser.py."""
+    import json
+
+    from appkit import viewer
+
+    names = viewer.result_code_files()
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    assert any(n.startswith("PlotlyChart.") for n in names) and all((folder / n).is_file() for n in names)
+    for page in (None, "triage"):
+        scripts = [h.proto for h in open_app(page).html if "<script>" in h.proto.body]
+        assert len(scripts) == 1 and scripts[0].unsafe_allow_javascript, page
+        assert json.dumps(list(names)) in scripts[0].body, page
+    monkeypatch.setattr(viewer, "result_code_files", lambda: ())
+    assert not [h for h in open_app().html if "<script>" in h.proto.body]
+
+
 def test_viewer_draws_the_film_at_its_own_resolution_as_jpeg(weights):
     """The viewer's images are the kept film and its map at the film's own size (not a 224 px copy), as JPEG
     data URIs (a fraction of PNG's bytes and encoding time); the film panel is the film itself (full-range

@@ -295,6 +295,40 @@ def test_upload_box_shows_whole_rows_of_file_chips(weights_root, tmp_path):
     assert views[1][0][0] < 0                                            # ...and the scroll moved it by a row
 
 
+CODE_FETCHES = "() => Object.fromEntries(['PlotlyChart', 'Metric', 'Slider'].map(n => [n, " \
+               "performance.getEntriesByType('resource').filter(e => e.name.includes(`/${n}.`)).length]))"
+
+
+def test_result_code_loads_once_the_upload_box_is_drawn_and_serves_the_first_film(weights_root, tmp_path):
+    """Issue #16, speed: the browser fetches the code of a result's elements (plotly's chart, the metric, the
+    sliders) after drawing the upload box, before any result, without taking room on the page; the first
+    film's result then uses that code (one fetch of each in all: a second would mean the page had loaded a
+    copy Streamlit does not use)."""
+    require_chromium()
+    from playwright.sync_api import expect
+
+    film = png_bytes(synthetic_film(np.random.default_rng(3), True, 256))
+    with served_browser(weights_root, tmp_path) as (browser, url):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="domcontentloaded")
+        expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_be_visible(timeout=90_000)
+        page.wait_for_function(f"() => Object.values(({CODE_FETCHES})()).every(n => n >= 1)", timeout=60_000)
+        results_before = page.locator('[data-testid="stPlotlyChart"], [data-testid="stMetric"]').count()
+        script_heights = page.evaluate(
+            "() => [...document.querySelectorAll('[data-testid=stHtml]')].filter(e => e.querySelector('script'))"
+            ".map(e => e.closest('[data-testid=stElementContainer]').getBoundingClientRect().height)")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+            {"name": "film.png", "mimeType": "image/png", "buffer": film}, timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 2",
+            timeout=90_000)
+        expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(1, timeout=30_000)
+        fetches = page.evaluate(CODE_FETCHES)
+    assert results_before == 0
+    assert script_heights == [0]
+    assert fetches == {"PlotlyChart": 1, "Metric": 1, "Slider": 1}
+
+
 def test_predict_newest_film_in_view_and_previous_next_across_three_films(weights_root, tmp_path):
     """Issue #16, item 3: after uploading three films the newest one's result is on screen below the upload
     box, and Previous/Next (clicked, or their keys P and N) bring each film first."""
