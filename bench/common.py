@@ -54,6 +54,18 @@ CHROMIUM = "/usr/bin/chromium"          # Debian's chromium (.ci/run installs it
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
+# Installed in a page before its own scripts (add_init_script): when its last long task (> 50 ms on the main
+# thread) ended. A user's upload starts once the page answers input: loaded, and no long task for QUIET_MS.
+# (The app's pages load the viewer's chart code once the upload box is drawn: one long task of about 1 s.)
+LONG_TASKS_JS = """
+window.__lastLongTaskEnd = 0;
+new PerformanceObserver(list => list.getEntries().forEach(e => {
+  window.__lastLongTaskEnd = Math.max(window.__lastLongTaskEnd, e.startTime + e.duration);
+})).observe({type: "longtask"});
+"""
+QUIET_MS = 500
+READY_FOR_INPUT = f"() => performance.now() - window.__lastLongTaskEnd >= {QUIET_MS}"
+
 
 def start_streamlit(weights_root: Path, log: Path, timeout_s: float = 90):
     """The app (`python -m appkit.serve`: `streamlit run app.py` with the model loaded at start) on a free localhost port serving ``weights_root``; (process, url) once healthy."""
