@@ -19,7 +19,7 @@ from .limits import ClientRates, RateLimiter, UploadLimits, admit
 from .model import ActiveModel
 from .report import pdf_report
 from .text import card_summary, fmt_pct, metadata_rows, op_details, op_meaning, op_plain, op_rule
-from .viewer import preload_result_code, viewer_ui, window, windowing_ui
+from .viewer import RESULT_CODE, preload_result_code, viewer_ui, window, windowing_ui
 
 ACCEPTED = "PNG, JPEG, DICOM (also without a file extension), BMP, TIFF, WebP"
 RATE_KEY = "_rate_limiter"       # session: RateLimiter
@@ -33,14 +33,16 @@ METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "
                  "layercam": "LayerCAM", "eigencam": "EigenCAM"}
 
 
-def uploads_ui(label: str, *, key: str, help: str | None = None) -> list[Upload]:
+def uploads_ui(label: str, *, key: str, help: str | None = None,
+               results: tuple[str, ...] = RESULT_CODE) -> list[Upload]:
     """Uploaded files as bytes in memory (type sniffed by the core, so no ``type=`` filter); duplicates once.
-    Files past this server's size caps or the rate limit come back refused (with the reason)."""
+    Files past this server's size caps or the rate limit come back refused (with the reason). The browser
+    loads the code of the ``results`` elements while the user picks files (``viewer.preload_result_code``)."""
     lim = UploadLimits.from_env()
     files = st.file_uploader(label, accept_multiple_files=True, key=key,
                              help=help or f"Accepted: {ACCEPTED}. Up to {lim.max_file_bytes // 2**20} MB per file "
                                           f"and {lim.max_files} films per batch.") or []
-    preload_result_code()       # a result's browser code loads while the user picks a file
+    preload_result_code(results)
     admission = admit([f.size for f in files], lim)
     for notice in admission.notices:
         st.warning(notice, icon=":material/block:")

@@ -34,18 +34,21 @@ def app_pages(admin: bool) -> list:
 # 2.25 rows: the third row was cut through its middle. Exactly three rows (chips 2.53125rem high, rows 0.5rem
 # apart) and scrolling that stops on a row, so no row is ever shown in part. Only on screens wide enough for
 # Streamlit's usual layout: in a narrow one it lets the chips list grow and scrolls an inner list instead.
-CHIP_ROWS_CSS = """<style>
+CHIP_ROWS_CSS = """
 @media (min-width: 40rem) {
   [data-testid="stFileChips"] { max-height: calc(3 * 2.53125rem + 2 * 0.5rem) !important;
                                 scroll-snap-type: y mandatory; }
   [data-testid="stFileChip"] { scroll-snap-align: start; }
-}
-</style>"""
+}"""
+# An HTML element that holds only a style or a script (these rules, ``viewer.preload_result_code``) shows
+# nothing, but Streamlit still gave its container a gap of the page's column (1rem) above the next element.
+BARE_HTML_CSS = """
+[data-testid="stElementContainer"]:has(> [data-testid="stHtml"] > :is(style, script):only-child) { display: none; }"""
 
 
 def app_style() -> None:
     """The app's few style rules (app.py, on every page)."""
-    st.html(CHIP_ROWS_CSS)
+    st.html(f"<style>{CHIP_ROWS_CSS}{BARE_HTML_CSS}\n</style>")
 
 
 def mark_app_frame() -> None:

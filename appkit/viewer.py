@@ -3,6 +3,8 @@
 The two panels share their axes, so zoom and pan move both and the map stays registered on the film. The
 film is shown at the resolution it is kept at (``analysis.FILM_SIDE`` a side at most), and window/level is
 applied to its float pixels (the full bit depth the reader kept: a 12-bit DICOM's levels, not 8-bit ones).
+Pages with an upload box have the browser load the viewer's code (and a result's other elements') before the
+first film comes (``preload_result_code``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -28,23 +31,28 @@ HEIGHT_PX = 460
 DISPLAY_JPEG_QUALITY = 95
 
 # Streamlit's browser fetches the code for each kind of element (a chart, a slider, a metric...) the first time
-# a page shows one. A film's result brings several at once, plotly's above all (4.7 MB, whose code holds the
-# browser's main thread for 1.0-1.5 s here): a session's first film waited that long for its viewer
+# a page shows one. A film's result brings several at once, plotly's chart above all (4.7 MB, whose code holds
+# the browser's main thread for 1.0-1.5 s here): a session's first film waited that long for its viewer
 # (docs/viewer-speed.md). The pages with an upload box have the browser load that code itself just after it
 # has drawn the box, so the work is done while the user picks a file and the first paint is not held back.
-# Nothing runs on the server: the browser fetches files Streamlit serves anyway, and when Streamlit later
-# imports one for its element it finds it loaded (one module per URL). Once per browser tab.
-RESULT_CODE = ("Metric", "Selectbox", "Slider", "DownloadButton", "PlotlyChart")   # a result's elements, in order
+# The cost: every tab that opens such a page fetches those files (about 4.8 MB that Streamlit serves as static
+# files) and runs them (about 2 s of the browser's main thread here), whether or not it uploads. No script
+# runs on the server, and when Streamlit later imports a file for its element it finds it loaded (one module
+# per URL). Once per browser tab.
+RESULT_CODE = ("PlotlyChart", "Metric", "Slider", "Selectbox", "DownloadButton")    # a film's result (Predict)
+WORKLIST_CODE = ("Progress", "DataFrame", *RESULT_CODE)     # Triage: progress, worklist, then a film's detail
 RESULT_CODE_WAIT_MS = 10_000                # load it anyway if no upload box has been drawn by then
+_CODE_FILE = re.compile(r"[A-Za-z]+\.[\w-]+\.js")   # Streamlit's chunk names: <Element>.<hash>.js
+# Streamlit's sanitiser drops a script whose text holds "<" and a letter, "/" or "!": keep such text out
+# (test_app checks).
 RESULT_CODE_SCRIPT = """<script>
 (() => {
   if (window.__pneumoResultCode) return;
   window.__pneumoResultCode = true;
   const main = document.querySelector('script[type="module"][src*="/static/js/"]');
   const base = main ? main.src : new URL("static/js/", document.baseURI).href;
-  const load = async () => {
-    for (const name of %s) await import(new URL(name, base).href).catch(() => {});
-  };
+  // all at once; a file that fails is left to Streamlit, which fetches it again when its element comes
+  const load = () => Promise.all(%s.map(name => import(new URL(name, base).href).catch(() => null)));
   const started = Date.now();
   const wait = () => {    // Streamlit draws the upload box from code of its own that it fetches first
     if (document.querySelector('[data-testid="stFileUploaderDropzone"]') || Date.now() - started > %d)
@@ -57,19 +65,20 @@ RESULT_CODE_SCRIPT = """<script>
 
 
 @functools.cache
-def result_code_files() -> tuple[str, ...]:
-    """The names of the Streamlit files (``static/js/<Element>.<hash>.js``) that hold the code for a result's
-    elements; an element this Streamlit has no single such file for is left out."""
+def result_code_files(elements: tuple[str, ...] = RESULT_CODE) -> tuple[str, ...]:
+    """The names of the Streamlit files (``static/js/<Element>.<hash>.js``) that hold the browser code of
+    ``elements``; an element this Streamlit has no single such file for is left out."""
     folder = Path(st.__file__).parent / "static" / "static" / "js"
-    found = [sorted(folder.glob(f"{element}.*.js")) for element in RESULT_CODE]
-    return tuple(files[0].name for files in found if len(files) == 1)
+    found = [sorted(folder.glob(f"{element}.*.js")) for element in elements]
+    return tuple(files[0].name for files in found if len(files) == 1 and _CODE_FILE.fullmatch(files[0].name))
 
 
-def preload_result_code() -> None:
-    """Just after an upload box: the browser loads the code for a result's elements once it has drawn the box
-    (see RESULT_CODE_SCRIPT). Only a constant script naming files of Streamlit's own goes to the page. Without
-    such files, nothing is sent: each element then loads its code itself, as it would anyway."""
-    names = result_code_files()
+def preload_result_code(elements: tuple[str, ...] = RESULT_CODE) -> None:
+    """Just after an upload box: the browser loads the code of ``elements`` once it has drawn the box (see
+    RESULT_CODE_SCRIPT). Only a constant script naming files of Streamlit's own goes to the page, and its
+    element takes no room (``frame.app_style``). Without such files, nothing is sent: each element then loads
+    its code itself, as it would anyway."""
+    names = result_code_files(elements)
     if names:
         st.html(RESULT_CODE_SCRIPT % (json.dumps(list(names)), RESULT_CODE_WAIT_MS), unsafe_allow_javascript=True)
 

@@ -6,13 +6,14 @@ from appkit.films_ui import uploads_ui
 from appkit.frame import require_app_frame
 from appkit.model import operating_point, require_model
 from appkit.triage_ui import csv_ui, detail_ui, summary_ui, triage_results, worklist_ui
+from appkit.viewer import WORKLIST_CODE
 
 require_app_frame()
 st.title("Triage")
 model = require_model()
 op = operating_point(model)
 
-uploads = uploads_ui("Films to triage", key="triage_upload")
+uploads = uploads_ui("Films to triage", key="triage_upload", results=WORKLIST_CODE)
 if not uploads:
     st.info("Upload a batch of chest films. They are scored at the operating point chosen in the sidebar and "
             "listed highest probability first; films at or above the high-sensitivity threshold are flagged. "

@@ -318,22 +318,26 @@ def test_viewer_shows_film_and_map_side_by_side_with_window_level(weights):
 
 
 def test_pages_with_an_upload_box_have_the_browser_load_a_results_code(weights, monkeypatch):
-    """Predict and Triage send one small script naming the Streamlit files that hold the browser code of a
-    result's elements (plotly's chart among them; files this Streamlit has), so the browser loads them while the
-    user picks a film; with no such files, no script. That the browser runs it, and that the result then uses
-    that code, is in test_browser.py."""
+    """Predict and Triage send one small script naming the Streamlit files that hold the browser code of their
+    results' elements (plotly's chart among them; files this Streamlit has), so the browser loads them while
+    the user picks films; Metrics sends none, and with no such files neither does any page. That the browser
+    runs it, and that the result then uses that code, is in test_browser.py."""
     import json
 
     from appkit import viewer
 
-    names = viewer.result_code_files()
     folder = Path(st.__file__).parent / "static" / "static" / "js"
-    assert any(n.startswith("PlotlyChart.") for n in names) and all((folder / n).is_file() for n in names)
-    for page in (None, "triage"):
+    for page, elements in ((None, viewer.RESULT_CODE), ("triage", viewer.WORKLIST_CODE)):
+        names = viewer.result_code_files(elements)
+        assert any(n.startswith("PlotlyChart.") for n in names) and all((folder / n).is_file() for n in names)
         scripts = [h.proto for h in open_app(page).html if "<script>" in h.proto.body]
         assert len(scripts) == 1 and scripts[0].unsafe_allow_javascript, page
         assert json.dumps(list(names)) in scripts[0].body, page
-    monkeypatch.setattr(viewer, "result_code_files", lambda: ())
+        code = scripts[0].body.removeprefix("<script>").removesuffix("</script>")
+        assert "<" not in code, "Streamlit's sanitiser would drop the script"
+    assert any(n.startswith("DataFrame.") for n in viewer.result_code_files(viewer.WORKLIST_CODE))
+    assert not [h for h in open_app("metrics").html if "<script>" in h.proto.body]
+    monkeypatch.setattr(viewer, "result_code_files", lambda elements: ())
     assert not [h for h in open_app().html if "<script>" in h.proto.body]
 
 

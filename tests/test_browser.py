@@ -295,38 +295,57 @@ def test_upload_box_shows_whole_rows_of_file_chips(weights_root, tmp_path):
     assert views[1][0][0] < 0                                            # ...and the scroll moved it by a row
 
 
-CODE_FETCHES = "() => Object.fromEntries(['PlotlyChart', 'Metric', 'Slider'].map(n => [n, " \
-               "performance.getEntriesByType('resource').filter(e => e.name.includes(`/${n}.`)).length]))"
+# Per element: the start times (ms since navigation) of the fetches of its Streamlit code file.
+CODE_FETCHES = ("() => Object.fromEntries(['PlotlyChart', 'Metric', 'Slider'].map(n => [n, "
+                "performance.getEntriesByType('resource').filter(e => e.name.includes(`/${n}.`))"
+                ".map(e => e.startTime)]))")
+BOX_DRAWN_AT = """
+new MutationObserver((_, obs) => {
+  if (document.querySelector('[data-testid="stFileUploaderDropzone"]')) {
+    window.__boxAt = performance.now();
+    obs.disconnect();
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
+# The upload box's container and the first one below it with something to show: (bottom, top, the column's
+# gap). A container of zero height still shown would stand between them with a gap of its own.
+BELOW_THE_BOX = """() => {
+  const box = document.querySelector('[data-testid=stFileUploader]').closest('[data-testid=stElementContainer]');
+  let next = box.nextElementSibling;
+  while (next && next.getBoundingClientRect().height === 0) next = next.nextElementSibling;
+  return [box.getBoundingClientRect().bottom, next.getBoundingClientRect().top,
+          parseFloat(getComputedStyle(box.parentElement).rowGap)];
+}"""
 
 
 def test_result_code_loads_once_the_upload_box_is_drawn_and_serves_the_first_film(weights_root, tmp_path):
     """Issue #16, speed: the browser fetches the code of a result's elements (plotly's chart, the metric, the
-    sliders) after drawing the upload box, before any result, without taking room on the page; the first
-    film's result then uses that code (one fetch of each in all: a second would mean the page had loaded a
-    copy Streamlit does not use)."""
+    sliders) after drawing the upload box and before any upload, and the script that asks for it takes no
+    room under the box; the first film's result then uses that code (one fetch of each in all: a second would
+    mean the page had loaded a copy Streamlit does not use)."""
     require_chromium()
     from playwright.sync_api import expect
 
     film = png_bytes(synthetic_film(np.random.default_rng(3), True, 256))
     with served_browser(weights_root, tmp_path) as (browser, url):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.add_init_script(BOX_DRAWN_AT)
         page.goto(url, wait_until="domcontentloaded")
         expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_be_visible(timeout=90_000)
-        page.wait_for_function(f"() => Object.values(({CODE_FETCHES})()).every(n => n >= 1)", timeout=60_000)
-        results_before = page.locator('[data-testid="stPlotlyChart"], [data-testid="stMetric"]').count()
-        script_heights = page.evaluate(
-            "() => [...document.querySelectorAll('[data-testid=stHtml]')].filter(e => e.querySelector('script'))"
-            ".map(e => e.closest('[data-testid=stElementContainer]').getBoundingClientRect().height)")
+        page.wait_for_function(f"() => Object.values(({CODE_FETCHES})()).every(t => t.length >= 1)",
+                               timeout=60_000)
+        before_upload, box_at = page.evaluate(CODE_FETCHES), page.evaluate("() => window.__boxAt")
+        box_bottom, next_top, gap = page.evaluate(BELOW_THE_BOX)
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
             {"name": "film.png", "mimeType": "image/png", "buffer": film}, timeout=60_000)
         page.wait_for_function(
             "() => document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 2",
             timeout=90_000)
         expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(1, timeout=30_000)
-        fetches = page.evaluate(CODE_FETCHES)
-    assert results_before == 0
-    assert script_heights == [0]
-    assert fetches == {"PlotlyChart": 1, "Metric": 1, "Slider": 1}
+        in_all = page.evaluate(CODE_FETCHES)
+    assert all(len(t) == 1 and t[0] >= box_at for t in before_upload.values()), (before_upload, box_at)
+    assert abs(next_top - box_bottom - gap) < 1, (box_bottom, next_top, gap)
+    assert {n: len(t) for n, t in in_all.items()} == {"PlotlyChart": 1, "Metric": 1, "Slider": 1}
 
 
 def test_predict_newest_film_in_view_and_previous_next_across_three_films(weights_root, tmp_path):
