@@ -57,26 +57,30 @@ def model_ready(log: Path, started: float, timeout_s: float = 300) -> float:
     return float("nan")
 
 
-# Installed in each page before its own scripts: when the upload box enters the DOM, in the page's clock (a
-# busy main thread would delay Playwright's own polling), and when the page's last long task ended.
+# Installed in each page before its own scripts: when the upload box enters the DOM, in ms since the
+# navigation started (the page's own clock: a busy main thread would delay Playwright's polling), and when the
+# page's last long task ended.
 PAGE_TIMERS = LONG_TASKS_JS + """
 window.__boxAt = null;
 new MutationObserver((_, obs) => {
-  if (document.querySelector('[data-testid="stFileUploaderDropzone"]')) { window.__boxAt = performance.now(); obs.disconnect(); }
+  if (document.querySelector('[data-testid="stFileUploaderDropzone"]')) {
+    window.__boxAt = performance.now();
+    obs.disconnect();
+  }
 }).observe(document, {childList: true, subtree: true});
 """
 
 
 def visit(browser, url: str, name: str, data: bytes, wait_ready: bool = True) -> tuple[float, float, float]:
-    """(first page: request to upload box drawn, request to page ready for input, upload to overlay) in a fresh
-    session."""
+    """(first page: navigation to upload box drawn, request to page ready for input (or to the upload), upload
+    to overlay) in a fresh session."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     try:
         page.add_init_script(PAGE_TIMERS)
-        t_wall, t = time.time(), time.perf_counter()
+        t = time.perf_counter()
         page.goto(url)
-        page.wait_for_function("() => window.__boxAt !== null", timeout=120_000)
-        first_page = (page.evaluate("() => performance.timeOrigin + window.__boxAt") / 1000) - t_wall
+        page.wait_for_function("() => typeof window.__boxAt === 'number'", timeout=120_000)
+        first_page = page.evaluate("() => window.__boxAt") / 1000
         # as a user would: the file is chosen once the page has loaded (no request for 0.5 s) and answers input
         page.wait_for_load_state("networkidle")
         if wait_ready:
@@ -130,7 +134,8 @@ def main() -> None:
           + ", ".join(f"{r[1]:.2f}" for r in runs) + f" s {upload_at}")
     print("warm      " + ", ".join(f"{w:.2f}" for w in warm) + " s")
     med = statistics.median(warm)
-    print(f"median    {med:.2f} s upload-to-overlay (goal <= 1.5 s -> {'met' if med <= 1.5 else 'NOT met'})")
+    print(f"median    {med:.2f} s upload-to-overlay, uploads at {args.upload_at} "
+          f"(goal <= 1.5 s -> {'met' if med <= 1.5 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 # Installed in a page before its own scripts (add_init_script): when its last long task (> 50 ms on the main
-# thread) ended. A user's upload starts once the page answers input: loaded, and no long task for QUIET_MS.
-# (The app's pages load the viewer's chart code once the upload box is drawn: one long task of about 1 s.)
+# thread) ended. A user's upload starts once the page answers input: loaded (no request for 0.5 s), then no
+# long task for QUIET_MS. The app's upload pages run about 2 s of such tasks after the box is drawn (they load
+# a result's browser code then: appkit.viewer.preload_result_code).
 LONG_TASKS_JS = """
 window.__lastLongTaskEnd = 0;
 new PerformanceObserver(list => list.getEntries().forEach(e => {

@@ -5,8 +5,8 @@
 
 One headless Chromium (Debian's /usr/bin/chromium) driven by Playwright's async API, one browser
 context per session (own cookies, so its own Streamlit session). Each round opens N sessions at
-once; once every page answers input (its upload box is there and its main thread has had no long task
-for 0.5 s, as a user's upload would wait: ``bench.common.READY_FOR_INPUT``), all N upload their own
+once; once every page answers input (its upload box is there, it has loaded and its main thread has had
+no long task for 0.5 s, as a user's upload would wait: ``bench.common.READY_FOR_INPUT``), all N upload their own
 film together, and each waits for its result card. Per session:
 latency from the upload to the "Probability of pneumonia" value in the page (timed in the page by
 a MutationObserver, so the polling does not add to it), the probability shown and the file name
@@ -371,6 +371,7 @@ class Sessions:
             await page.locator(UPLOADER).wait_for(state="attached", timeout=self.timeout_ms)
             if res is not None:
                 res.page_load_ms = round(1000 * (time.perf_counter() - t), 1)
+            await page.wait_for_load_state("networkidle", timeout=self.timeout_ms)
             await page.wait_for_function(READY_FOR_INPUT, timeout=self.timeout_ms, polling=250)
             if res is not None:
                 res.page_ready_ms = round(1000 * (time.perf_counter() - t), 1)
