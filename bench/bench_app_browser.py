@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (CHROMIUM, CHROMIUM_ARGS, LONG_TASKS_JS, READY_FOR_INPUT, ROOT, clinic_size_jpeg,  # noqa: E402
-                          start_streamlit, stop_streamlit)
+from bench.common import (BOX_DRAWN_JS, CHROMIUM, CHROMIUM_ARGS, LONG_TASKS_JS, READY_FOR_INPUT, ROOT,  # noqa: E402
+                          clinic_size_jpeg, start_streamlit, stop_streamlit)
 
 DONE = ("() => document.querySelectorAll('[data-testid=stMetricValue]').length >= 1 && "
         "document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 2")
@@ -57,18 +57,7 @@ def model_ready(log: Path, started: float, timeout_s: float = 300) -> float:
     return float("nan")
 
 
-# Installed in each page before its own scripts: when the upload box enters the DOM, in ms since the
-# navigation started (the page's own clock: a busy main thread would delay Playwright's polling), and when the
-# page's last long task ended.
-PAGE_TIMERS = LONG_TASKS_JS + """
-window.__boxAt = null;
-new MutationObserver((_, obs) => {
-  if (document.querySelector('[data-testid="stFileUploaderDropzone"]')) {
-    window.__boxAt = performance.now();
-    obs.disconnect();
-  }
-}).observe(document, {childList: true, subtree: true});
-"""
+PAGE_TIMERS = LONG_TASKS_JS + BOX_DRAWN_JS       # installed in each page before its own scripts
 
 
 def visit(browser, url: str, name: str, data: bytes, wait_ready: bool = True) -> tuple[float, float, float]:

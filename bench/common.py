@@ -66,6 +66,17 @@ new PerformanceObserver(list => list.getEntries().forEach(e => {
 """
 QUIET_MS = 500
 READY_FOR_INPUT = f"() => performance.now() - window.__lastLongTaskEnd >= {QUIET_MS}"
+# Installed the same way: when the upload box enters the DOM (window.__boxAt, ms since the navigation started),
+# in the page's own clock: a busy main thread would delay Playwright's polling.
+BOX_DRAWN_JS = """
+window.__boxAt = null;
+new MutationObserver((_, obs) => {
+  if (document.querySelector('[data-testid="stFileUploaderDropzone"]')) {
+    window.__boxAt = performance.now();
+    obs.disconnect();
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
 
 
 def start_streamlit(weights_root: Path, log: Path, timeout_s: float = 90):

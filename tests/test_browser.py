@@ -22,7 +22,14 @@ from conftest import synthetic_film
 from conftest_io_helpers import make_dicom
 from PIL import Image
 
-from bench.common import CHROMIUM, CHROMIUM_ARGS, start_streamlit, stop_streamlit
+from bench.bench_app_browser import DONE as RESULT_DRAWN
+from bench.common import (
+    BOX_DRAWN_JS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    start_streamlit,
+    stop_streamlit,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -299,14 +306,6 @@ def test_upload_box_shows_whole_rows_of_file_chips(weights_root, tmp_path):
 CODE_FETCHES = ("() => Object.fromEntries(['PlotlyChart', 'Metric', 'Slider'].map(n => [n, "
                 "performance.getEntriesByType('resource').filter(e => e.name.includes(`/${n}.`))"
                 ".map(e => e.startTime)]))")
-BOX_DRAWN_AT = """
-new MutationObserver((_, obs) => {
-  if (document.querySelector('[data-testid="stFileUploaderDropzone"]')) {
-    window.__boxAt = performance.now();
-    obs.disconnect();
-  }
-}).observe(document, {childList: true, subtree: true});
-"""
 # The upload box's container and the first one below it with something to show: (bottom, top, the column's
 # gap). A container of zero height still shown would stand between them with a gap of its own.
 BELOW_THE_BOX = """() => {
@@ -329,7 +328,7 @@ def test_result_code_loads_once_the_upload_box_is_drawn_and_serves_the_first_fil
     film = png_bytes(synthetic_film(np.random.default_rng(3), True, 256))
     with served_browser(weights_root, tmp_path) as (browser, url):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.add_init_script(BOX_DRAWN_AT)
+        page.add_init_script(BOX_DRAWN_JS)
         page.goto(url, wait_until="domcontentloaded")
         expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_be_visible(timeout=90_000)
         page.wait_for_function(f"() => Object.values(({CODE_FETCHES})()).every(t => t.length >= 1)",
@@ -338,9 +337,7 @@ def test_result_code_loads_once_the_upload_box_is_drawn_and_serves_the_first_fil
         box_bottom, next_top, gap = page.evaluate(BELOW_THE_BOX)
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
             {"name": "film.png", "mimeType": "image/png", "buffer": film}, timeout=60_000)
-        page.wait_for_function(
-            "() => document.querySelectorAll('[data-testid=stPlotlyChart] .imagelayer image').length >= 2",
-            timeout=90_000)
+        page.wait_for_function(RESULT_DRAWN, timeout=90_000)        # the probability and both viewer images
         expect(page.locator('[data-testid="stMetricValue"]')).to_have_count(1, timeout=30_000)
         in_all = page.evaluate(CODE_FETCHES)
     assert all(len(t) == 1 and t[0] >= box_at for t in before_upload.values()), (before_upload, box_at)
