@@ -65,7 +65,7 @@ RESULT_CODE_SCRIPT = """<script>
 
 
 @functools.cache
-def result_code_files(elements: tuple[str, ...] = RESULT_CODE) -> tuple[str, ...]:
+def result_code_files(elements: tuple[str, ...]) -> tuple[str, ...]:
     """The names of the Streamlit files (``static/js/<Element>.<hash>.js``) that hold the browser code of
     ``elements``; an element this Streamlit has no single such file for is left out."""
     folder = Path(st.__file__).parent / "static" / "static" / "js"
@@ -73,7 +73,7 @@ def result_code_files(elements: tuple[str, ...] = RESULT_CODE) -> tuple[str, ...
     return tuple(files[0].name for files in found if len(files) == 1 and _CODE_FILE.fullmatch(files[0].name))
 
 
-def preload_result_code(elements: tuple[str, ...] = RESULT_CODE) -> None:
+def preload_result_code(elements: tuple[str, ...]) -> None:
     """Just after an upload box: the browser loads the code of ``elements`` once it has drawn the box (see
     RESULT_CODE_SCRIPT). Only a constant script naming files of Streamlit's own goes to the page, and its
     element takes no room (``frame.app_style``). Without such files, nothing is sent: each element then loads
